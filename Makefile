@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+CONSTRAINTS := requirements/constraints.txt
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# Stamp files record what has been installed, so repeated runs skip pip.
+$(VENV)/.installed-base: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[numba]"
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(CONSTRAINTS) requirements/test.txt | $(BIN)/python
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test]" -r requirements/test.txt
+	touch $@
+
+$(VENV)/.installed-bench: pyproject.toml $(CONSTRAINTS) requirements/bench.txt | $(BIN)/python
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[bench]" -r requirements/bench.txt
+	touch $@
+
+demo: $(VENV)/.installed-base
+	$(BIN)/python -m softmaxce demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python benchmarks/bench_fused.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,647 @@
+"""The public NumPy functions: validate once, reshape to rows, call the core, reduce."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _core, _dispatch
+from . import _validate as v
+
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_vjp",
+    "gradcheck",
+    "log_softmax",
+    "log_softmax_vjp",
+    "logsumexp",
+    "numerical_gradient",
+    "softmax",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_with_grad",
+    "softmax_jacobian",
+    "softmax_vjp",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Softmax and its relatives
+# --------------------------------------------------------------------------------------------
+
+
+def _unary(x: Any, axis: Any, where: Any, name: str = "x"):
+    arr = v.float_array(x, name)
+    ax = v.class_axis(axis, arr.ndim)
+    v.nonempty_classes(arr, ax, name)
+    return arr, ax, v.where_mask(where, arr.shape)
+
+
+def softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> np.ndarray:
+    r"""Softmax along ``axis``.
+
+    .. math:: \operatorname{softmax}(x)_c = \frac{e^{x_c - m}}{\sum_k e^{x_k - m}},
+              \quad m = \max_k x_k
+
+    Entries where ``where`` is False are excluded: their softmax is 0, and a row with no
+    allowed entry is all 0. Computed in at least float32; the result has the input's float
+    dtype (integers give float64).
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxce
+    >>> softmaxce.softmax(np.array([1.0, 2.0, 3.0])).round(4)
+    array([0.09  , 0.2447, 0.6652])
+    >>> softmaxce.softmax(np.array([0.0, 0.0, 1e30]))
+    array([0., 0., 1.])
+    >>> softmaxce.softmax(np.array([1.0, 2.0, 3.0]), where=np.array([True, True, False]))
+    array([0.26894142, 0.73105858, 0.        ])
+
+    References
+    ----------
+    Blanchard, Higham & Higham, "Accurately computing the log-sum-exp and softmax functions",
+    IMA J. Numer. Anal. 41 (2021).
+    """
+    arr, ax, mask = _unary(x, axis, where)
+    return _core.softmax(arr, ax, mask)
+
+
+def log_softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> np.ndarray:
+    r"""Log of the softmax along ``axis``, computed without forming the softmax.
+
+    .. math:: \log\operatorname{softmax}(x)_c = (x_c - m) - \log\sum_k e^{x_k - m}
+
+    Masked entries (``where`` False) give ``-inf``.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxce
+    >>> softmaxce.log_softmax(np.array([0.0, 0.0, 1e6]))
+    array([-1000000., -1000000.,        0.])
+    """
+    arr, ax, mask = _unary(x, axis, where)
+    return _core.log_softmax(arr, ax, mask)
+
+
+def logsumexp(
+    x: Any, /, *, axis: int = -1, keepdims: bool = False, where: Any = None
+) -> np.ndarray:
+    r"""``log(sum(exp(x)))`` along ``axis``, shifted by the maximum so that it never overflows.
+
+    .. math:: \operatorname{lse}(x) = m + \log\sum_k e^{x_k - m}
+
+    A row with no allowed entry (or all ``-inf``) gives ``-inf``; ``+inf`` gives NaN.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxce
+    >>> float(softmaxce.logsumexp(np.array([1e30, 1e30])))
+    1e+30
+    >>> float(softmaxce.logsumexp(np.array([0.0, np.log(3.0)])).round(12))
+    1.386294361120
+    """
+    arr, ax, mask = _unary(x, axis, where)
+    return _core.logsumexp(arr, ax, bool(keepdims), mask)
+
+
+def _vjp_inputs(a: Any, dy: Any, axis: Any, name_a: str):
+    arr = v.float_array(a, name_a)
+    d = v.float_array(dy, "dy")
+    v.same_shape(arr, d, name_a, "dy")
+    ax = v.class_axis(axis, arr.ndim)
+    v.nonempty_classes(arr, ax, name_a)
+    return arr, d, ax
+
+
+def _out_dtype(*arrays: np.ndarray) -> np.dtype:
+    return np.result_type(*arrays)
+
+
+def softmax_vjp(y: Any, dy: Any, /, *, axis: int = -1) -> np.ndarray:
+    r"""Vector-Jacobian product of the softmax: ``dx = y * (dy - sum(y * dy))``.
+
+    ``y`` is the softmax output (not the logits) and ``dy`` the gradient with respect to it.
+    This is what a hand-made framework's softmax layer needs in its backward pass; the Jacobian
+    ``diag(y) - y y^T`` is never formed.
+
+    .. math:: \frac{\partial L}{\partial x_j} = y_j \Bigl(\frac{\partial L}{\partial y_j}
+              - \sum_i y_i \frac{\partial L}{\partial y_i}\Bigr)
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxce
+    >>> y = softmaxce.softmax(np.array([1.0, 2.0, 3.0]))
+    >>> softmaxce.softmax_vjp(y, np.array([1.0, 1.0, 1.0]))  # a constant shift has no effect
+    array([0., 0., 0.])
+    """
+    arr, d, ax = _vjp_inputs(y, dy, axis, "y")
+    return _core.softmax_vjp(arr, d, ax).astype(_out_dtype(arr, d), copy=False)
+
+
+def log_softmax_vjp(logp: Any, dy: Any, /, *, axis: int = -1) -> np.ndarray:
+    r"""Vector-Jacobian product of the log-softmax: ``dx = dy - exp(logp) * sum(dy)``.
+
+    .. math:: \frac{\partial L}{\partial x_j} = \frac{\partial L}{\partial \ell_j}
+              - p_j \sum_i \frac{\partial L}{\partial \ell_i}
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxce
+    >>> logp = softmaxce.log_softmax(np.array([0.0, 0.0]))
+    >>> softmaxce.log_softmax_vjp(logp, np.array([-1.0, 0.0]))  # gradient of -logp[0]
+    array([-0.5,  0.5])
+    """
+    arr, d, ax = _vjp_inputs(logp, dy, axis, "logp")
+    return _core.log_softmax_vjp(arr, d, ax).astype(_out_dtype(arr, d), copy=False)
+
+
+def softmax_jacobian(y: Any, /, *, axis: int = -1) -> np.ndarray:
+    r"""The softmax Jacobian ``diag(y) - y y^T`` for every row, from the softmax output ``y``.
+
+    The result has shape ``y.shape + (C,)``: entry ``[..., i, ..., j]`` (``i`` at ``axis``,
+    ``j`` the new last axis) is ``d y_i / d x_j = y_i (delta_ij - y_j)``. Prefer
+    :func:`softmax_vjp`, which costs O(C) per row instead of O(C^2).
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxce
+    >>> softmaxce.softmax_jacobian(np.array([0.5, 0.5]))
+    array([[ 0.25, -0.25],
+           [-0.25,  0.25]])
+    """
+    arr = v.float_array(y, "y")
+    ax = v.class_axis(axis, arr.ndim)
+    v.nonempty_classes(arr, ax, "y")
+    return _core.softmax_jacobian(arr, ax).astype(arr.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Losses: the shared preparation of rows
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Rows:
+    """A validated problem, flattened to (N, C) rows with the class axis last."""
+
+    x: np.ndarray  # the validated float input, original layout
+    axis: int
+    x2: np.ndarray  # (N, C) rows (a view of x when its class axis is last and contiguous)
+    target: np.ndarray  # (N,) int64 or (N, C) float
+    where: np.ndarray | None  # (N, C) bool
+    weight: np.ndarray | None
+    ignore_index: int
+    reduction: str
+    batch_shape: tuple[int, ...]
+
+    def mass(self) -> np.ndarray:
+        valid = np.ones(self.x2.shape[0], dtype=bool) if self.where is None else self.where.any(1)
+        return _core.target_mass(self.target, self.weight, self.ignore_index, valid)
+
+    def row_scale(self, dloss: Any) -> tuple[np.ndarray, float]:
+        """Per-row gradient multipliers for ``dloss``, and the mean denominator W."""
+        n = self.x2.shape[0]
+        loss_shape = self.batch_shape if self.reduction == "none" else ()
+        d = v.dloss_array(dloss, loss_shape)
+        if self.reduction == "none":
+            return d.reshape(n), 1.0
+        if self.reduction == "sum":
+            return np.full(n, float(d)), 1.0
+        total = float(self.mass().sum())
+        return np.full(n, float(d) / total if total != 0 else 0.0), total
+
+    def reduce(self, rows: np.ndarray, total: float | None = None) -> Any:
+        """Reduce per-row float64 losses; returns a NumPy scalar or array of the input dtype."""
+        out_type = self.x.dtype.type
+        if self.reduction == "none":
+            return rows.reshape(self.batch_shape).astype(self.x.dtype)
+        s = float(rows.sum())
+        if self.reduction == "sum":
+            return out_type(s)
+        if total is None:
+            total = float(self.mass().sum())
+        # W == 0 (everything ignored, or an empty batch): 0, never NaN (pytorch#70348).
+        return out_type(s / total if total != 0 else 0.0)
+
+    def to_layout(self, rows2: np.ndarray) -> np.ndarray:
+        """(N, C) gradient rows back to the layout of x."""
+        moved = rows2.reshape((*self.batch_shape, rows2.shape[1]))
+        return np.moveaxis(moved, -1, self.axis)
+
+
+def _rows(
+    x: Any,
+    target: Any,
+    *,
+    axis: Any,
+    weight: Any,
+    ignore_index: Any,
+    reduction: Any,
+    where: Any = None,
+    name: str = "logits",
+) -> _Rows:
+    arr = v.float_array(x, name)
+    ax = v.class_axis(axis, arr.ndim)
+    n_classes = v.nonempty_classes(arr, ax, name)
+    ignore = v.integer(ignore_index, "ignore_index")
+    red = v.choice(reduction, v.REDUCTIONS, "reduction")
+    t = v.target_array(target, arr, ax, ignore)
+    w = v.class_weight(weight, n_classes)
+    mask = v.where_mask(where, arr.shape)
+
+    moved = np.moveaxis(arr, ax, -1)
+    batch_shape = moved.shape[:-1]
+    x2 = moved.reshape(-1, n_classes)  # a view when possible, else a copy
+    if t.dtype.kind == "f":
+        t2 = np.moveaxis(t, ax, -1).reshape(-1, n_classes)
+    else:
+        t2 = t.reshape(-1).astype(np.int64, copy=False)
+    mask2 = None if mask is None else np.moveaxis(mask, ax, -1).reshape(-1, n_classes)
+    return _Rows(arr, ax, x2, t2, mask2, w, ignore, red, batch_shape)
+
+
+_LOSS_DEFAULTS: dict[str, Any] = {
+    "axis": -1,
+    "weight": None,
+    "ignore_index": -100,
+    "reduction": "mean",
+    "label_smoothing": 0.0,
+    "z_loss": 0.0,
+    "softcap": None,
+    "where": None,
+    "soft_target_loss": "cross-entropy",
+}
+
+
+def _fused(
+    logits: Any,
+    target: Any,
+    *,
+    want_grad: bool,
+    dloss: Any,
+    inplace: bool,
+    backend: Any,
+    axis: Any,
+    weight: Any,
+    ignore_index: Any,
+    reduction: Any,
+    label_smoothing: Any,
+    z_loss: Any,
+    softcap: Any,
+    where: Any,
+    soft_target_loss: Any,
+) -> tuple[Any, np.ndarray | None]:
+    if inplace:
+        v.inplace_buffer(logits)
+    rows = _rows(
+        logits,
+        target,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        where=where,
+    )
+    opts = {
+        "weight": rows.weight,
+        "ignore_index": rows.ignore_index,
+        "label_smoothing": v.label_smoothing(label_smoothing),
+        "z_loss": v.z_loss(z_loss),
+        "softcap": v.softcap(softcap),
+        "where": rows.where,
+        "kl": v.choice(soft_target_loss, v.SOFT_TARGET_LOSSES, "soft_target_loss")
+        == "kl-divergence",
+    }
+    backend = v.choice(backend, v.BACKENDS, "backend")
+    if not want_grad:
+        kernel = _dispatch.select(backend, rows.x2, rows.target, **opts)
+        return rows.reduce(
+            kernel(rows.x2, rows.target, row_scale=None, grad_out=None, **opts)
+        ), None
+
+    scale, total = rows.row_scale(dloss)
+    x2 = rows.x2
+    # In place, the gradient overwrites the rows: a view of the logits when the class axis is
+    # last (no N x C allocation), else our own moved copy, which is copied back below.
+    grad2 = x2 if inplace else np.empty(x2.shape, dtype=rows.x.dtype)
+    kernel = _dispatch.select(backend, x2, rows.target, **opts)
+    loss_rows = kernel(x2, rows.target, row_scale=scale, grad_out=grad2, **opts)
+    loss = rows.reduce(loss_rows, total if rows.reduction == "mean" else None)
+    if inplace:
+        if not np.may_share_memory(grad2, logits):
+            np.copyto(logits, rows.to_layout(grad2))
+        return loss, logits
+    return loss, rows.to_layout(grad2)
+
+
+def softmax_cross_entropy(
+    logits: Any,
+    target: Any,
+    /,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    where: Any = None,
+    soft_target_loss: str = "cross-entropy",
+    backend: str = "auto",
+) -> Any:
+    r"""Softmax cross-entropy of ``logits`` against class indices or a target distribution.
+
+    For each position ``i`` (every index of ``logits`` but the class ``axis``):
+
+    .. math::
+        z = s \tanh(x / s) \text{ (if softcap } s\text{)}, \qquad
+        \mathrm{lse}_i = \log\sum_c e^{z_{ic}}
+
+        L_i = v_i \Bigl[\sum_c w_c q_{ic} (\mathrm{lse}_i - z_{ic})\Bigr]
+              + v_i\,\zeta\,\mathrm{lse}_i^2
+
+    with ``q = (1 - eps) y + eps / C`` (``y`` the one-hot of an index target, or the float
+    target; ``eps = label_smoothing``, spread over the allowed classes only when ``where`` is
+    given), ``w`` the class weights, ``zeta = z_loss`` and ``v_i = 0`` for positions whose index
+    target equals ``ignore_index``. ``soft_target_loss="kl-divergence"`` adds
+    ``sum_c w_c q_c log q_c``, which turns the cross-entropy into the KL divergence.
+
+    ``reduction="mean"`` divides the sum by ``W = sum_i v_i sum_c w_c y_ic`` (the target
+    before smoothing), so index targets and their one-hot float targets give the same value
+    with class weights; when ``W == 0`` the loss is 0 (never NaN).
+
+    Returns a NumPy scalar of the logits' float dtype (``"sum"``, ``"mean"``) or an array of
+    the batch shape (``"none"``). ``backend`` chooses the kernel: ``"auto"``, ``"numpy"`` or
+    ``"numba"``.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxce
+    >>> x = np.array([[2.0, 2.0, 2.0], [0.0, 0.0, 1e6]])
+    >>> round(float(softmaxce.softmax_cross_entropy(x, np.array([0, 2]))), 8)
+    0.54930614
+    >>> softmaxce.softmax_cross_entropy(x, np.array([0, 2]), reduction="none")
+    array([1.09861229, 0.        ])
+    >>> float(softmaxce.softmax_cross_entropy(x, np.array([-100, -100])))  # all ignored
+    0.0
+
+    References
+    ----------
+    PyTorch ``torch.nn.functional.cross_entropy`` (options and label-smoothing convention);
+    Chowdhery et al., "PaLM" (2022), z-loss; Gemma 2 (2024), logit soft-capping.
+    """
+    loss, _ = _fused(
+        logits,
+        target,
+        want_grad=False,
+        dloss=None,
+        inplace=False,
+        backend=backend,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        where=where,
+        soft_target_loss=soft_target_loss,
+    )
+    return loss
+
+
+def softmax_cross_entropy_with_grad(
+    logits: Any,
+    target: Any,
+    /,
+    *,
+    dloss: Any = None,
+    inplace: bool = False,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    where: Any = None,
+    soft_target_loss: str = "cross-entropy",
+    backend: str = "auto",
+) -> tuple[Any, np.ndarray]:
+    r"""The loss of :func:`softmax_cross_entropy` and its gradient, in one fused pass.
+
+    Returns ``(loss, dlogits)`` with ``dlogits = dloss * d loss / d logits``; ``dloss`` is the
+    upstream gradient (None means 1): a scalar for ``"sum"``/``"mean"``, an array of the loss's
+    shape for ``"none"``. Per position, before ``dloss`` and the reduction,
+
+    .. math:: \frac{\partial L_i}{\partial z_{ic}} = v_i\Bigl[\Bigl(\sum_k w_k q_{ik}\Bigr)
+              p_{ic} - w_c q_{ic} + 2 \zeta\,\mathrm{lse}_i\, p_{ic}\Bigr]
+
+    (``p = softmax(z)``), times ``1 - (z / s)^2`` with a softcap. This is exact even when the
+    target rows do not sum to 1. With ``inplace=True`` the gradient is written into ``logits``
+    (which must be a writable, C-contiguous float array) and ``logits`` itself is returned:
+    no N x C array is allocated. Otherwise no input is modified.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxce
+    >>> x = np.array([[1.0, 2.0, 3.0]])
+    >>> loss, g = softmaxce.softmax_cross_entropy_with_grad(x, np.array([2]))
+    >>> round(float(loss), 6), g.round(4)
+    (0.407606, array([[ 0.09  ,  0.2447, -0.3348]]))
+    >>> loss2, g2 = softmaxce.softmax_cross_entropy_with_grad(x, np.array([2]), inplace=True)
+    >>> g2 is x
+    True
+    """
+    loss, grad = _fused(
+        logits,
+        target,
+        want_grad=True,
+        dloss=dloss,
+        inplace=inplace,
+        backend=backend,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        where=where,
+        soft_target_loss=soft_target_loss,
+    )
+    return loss, grad  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-entropy on probabilities
+# --------------------------------------------------------------------------------------------
+
+
+def cross_entropy(
+    probs: Any,
+    target: Any,
+    /,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Any:
+    r"""Cross-entropy of probabilities ``probs`` against class indices or a distribution.
+
+    .. math:: L_i = -v_i \sum_c w_c\, y_{ic} \log p_{ic}
+
+    with the reductions and the mean denominator ``W`` of :func:`softmax_cross_entropy`.
+    Terms with ``y_ic = 0`` are 0 even where ``p_ic = 0``. To train, prefer the fused
+    :func:`softmax_cross_entropy`, which never takes the log of a rounded probability.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxce
+    >>> p = np.array([[0.25, 0.25, 0.5]])
+    >>> float(softmaxce.cross_entropy(p, np.array([2])).round(6))
+    0.693147
+    """
+    rows = _rows(
+        probs,
+        target,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        name="probs",
+    )
+    loss_rows, _ = _core.ce_rows(
+        rows.x2, rows.target, weight=rows.weight, ignore_index=rows.ignore_index, row_scale=None
+    )
+    return rows.reduce(loss_rows)
+
+
+def cross_entropy_vjp(
+    probs: Any,
+    target: Any,
+    dloss: Any = None,
+    /,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> np.ndarray:
+    r"""Gradient of :func:`cross_entropy` with respect to ``probs``, times ``dloss``.
+
+    .. math:: \frac{\partial L}{\partial p_{ic}} = -\,r_i\, \frac{w_c\, y_{ic}}{p_{ic}}
+
+    where ``r_i`` is ``dloss`` (per position for ``"none"``), divided by ``W`` for ``"mean"``.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxce
+    >>> p = np.array([[0.25, 0.25, 0.5]])
+    >>> softmaxce.cross_entropy_vjp(p, np.array([2]), 1.0)
+    array([[ 0.,  0., -2.]])
+    """
+    rows = _rows(
+        probs,
+        target,
+        axis=axis,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        name="probs",
+    )
+    scale, _ = rows.row_scale(dloss)
+    _, grad = _core.ce_rows(
+        rows.x2, rows.target, weight=rows.weight, ignore_index=rows.ignore_index, row_scale=scale
+    )
+    return rows.to_layout(grad.astype(rows.x.dtype, copy=False))  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------------------------
+# Finite differences
+# --------------------------------------------------------------------------------------------
+
+
+def numerical_gradient(
+    f: Callable[[np.ndarray], Any], x: Any, /, *, eps: float = 1e-6
+) -> np.ndarray:
+    r"""Central-difference gradient of a scalar function, in float64.
+
+    .. math:: g_j = \frac{f(x + \epsilon e_j) - f(x - \epsilon e_j)}{2 \epsilon}
+
+    ``f`` receives a float64 array of ``x``'s shape (the same buffer, perturbed in place and
+    restored, so ``f`` must not keep it) and must return a scalar.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxce
+    >>> softmaxce.numerical_gradient(lambda a: (a ** 2).sum(), np.array([1.0, -2.0])).round(6)
+    array([ 2., -4.])
+    """
+    if not callable(f):
+        msg = f"f must be a callable returning a scalar, got {type(f).__name__}"
+        raise TypeError(msg)
+    step = v.positive_finite(eps, "eps")
+    work = np.array(v.float_array(x, "x"), dtype=np.float64)  # our own copy
+    flat = work.reshape(-1)
+    grad = np.empty(flat.shape, dtype=np.float64)
+
+    def value(arr: np.ndarray) -> float:
+        out = np.asarray(f(arr))
+        if out.shape != ():
+            msg = f"f must return a scalar, got an array of shape {out.shape}"
+            raise ValueError(msg)
+        return float(out)
+
+    for j in range(flat.size):
+        orig = flat[j]
+        flat[j] = orig + step
+        up = value(work)
+        flat[j] = orig - step
+        down = value(work)
+        flat[j] = orig
+        grad[j] = (up - down) / (2.0 * step)
+    return grad.reshape(work.shape)
+
+
+def gradcheck(
+    f: Callable[[np.ndarray], Any],
+    grad: Callable[[np.ndarray], Any],
+    x: Any,
+    /,
+    *,
+    eps: float = 1e-6,
+    rtol: float = 1e-5,
+    atol: float = 1e-8,
+) -> bool:
+    r"""Does ``grad(x)``, a claimed gradient of the scalar ``f``, match finite differences?
+
+    Compares with :func:`numerical_gradient` as ``numpy.allclose(grad(x), numeric, rtol,
+    atol)``.
+
+    Examples
+    --------
+    >>> import numpy as np, softmaxce
+    >>> x = np.array([[0.3, -1.2, 2.0]])
+    >>> f = lambda a: softmaxce.softmax_cross_entropy(a, np.array([1]))
+    >>> g = lambda a: softmaxce.softmax_cross_entropy_with_grad(a, np.array([1]))[1]
+    >>> softmaxce.gradcheck(f, g, x)
+    True
+    >>> softmaxce.gradcheck(f, lambda a: 2 * g(a), x)
+    False
+    """
+    if not callable(grad):
+        msg = f"grad must be a callable returning the gradient, got {type(grad).__name__}"
+        raise TypeError(msg)
+    rt = v.real_scalar(rtol, "rtol")
+    at = v.real_scalar(atol, "atol")
+    numeric = numerical_gradient(f, x, eps=eps)
+    claimed = np.asarray(grad(np.array(v.float_array(x, "x"), dtype=np.float64)))
+    if claimed.shape != numeric.shape:
+        msg = f"grad must return an array of x's shape {numeric.shape}, got {claimed.shape}"
+        raise ValueError(msg)
+    return bool(np.allclose(claimed.astype(np.float64), numeric, rtol=rt, atol=at))

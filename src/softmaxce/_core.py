@@ -1,0 +1,288 @@
+"""The formulas of softmaxce, written once.
+
+Everything else (the public functions, the ops objects, the compat modes, the kernels' callers)
+validates and reshapes, then calls into this module. Nothing here validates user input and
+nothing here imports from the rest of the package.
+
+Numerics (the derivation, once):
+
+* Shift by the row maximum ``m``: ``logsumexp(z) = m + log(sum(exp(z - m)))``. Every
+  ``exp(z - m) <= 1`` so nothing overflows, and the largest term is exactly 1, so the sum is in
+  ``[1, C]`` and its log is well conditioned. A row whose maximum is ``-inf`` (all entries
+  ``-inf`` or all masked) would give ``-inf - -inf = NaN``; such a maximum is replaced by 0, as
+  scipy.special.logsumexp does (Blanchard, Higham & Higham 2021). ``+inf`` and NaN maxima are
+  left alone so that they propagate to NaN, as in every framework.
+* Cross-entropy terms are formed from the *shifted* logits: ``lse - z_c = log(s) - (z_c - m)``.
+  Both parts are small or exactly representable, so no large-magnitude cancellation happens
+  (logits ``[0, 0, 1e6]`` with label 2 give exactly 0). The probabilities are never formed to
+  take a log of them.
+* Accumulation is at least float32: float16 input is computed in float32 and rounded once at
+  the end; float64 stays float64.
+* Gradient of ``L = sum_c w_c q_c (lse - z_c) + zeta * lse**2`` with respect to ``z``:
+  ``dL/dz_c = (sum_k w_k q_k) p_c - w_c q_c + 2 zeta lse p_c``. This is exact also when the
+  target row does not sum to 1 (frameworks that use ``p - q`` assume it does). With a softcap
+  ``z = cap * tanh(x / cap)`` the chain rule multiplies by ``1 - (z / cap)**2``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_ERRSTATE = {"divide": "ignore", "invalid": "ignore", "over": "ignore", "under": "ignore"}
+
+
+def acc_dtype(dtype: np.dtype) -> np.dtype:
+    """The accumulation dtype: at least float32."""
+    return np.promote_types(dtype, np.float32)
+
+
+def _row_max(z: np.ndarray, axis: int, where: np.ndarray | None) -> np.ndarray:
+    """Row maximum with keepdims; ``-inf`` (empty or all ``-inf``) replaced by 0."""
+    if where is None:
+        m = np.max(z, axis=axis, keepdims=True)
+    else:
+        m = np.max(z, axis=axis, keepdims=True, where=where, initial=-np.inf)
+    m[m == -np.inf] = 0.0
+    return m
+
+
+def _shifted_exp(x: np.ndarray, axis: int, where: np.ndarray | None):
+    """``(z - m, exp(z - m), sum, m)`` in the accumulation dtype; masked entries give 0."""
+    z = x.astype(acc_dtype(x.dtype))
+    m = _row_max(z, axis, where)
+    z -= m
+    e = np.exp(z)
+    if where is not None:
+        e[~where] = 0.0
+    s = np.sum(e, axis=axis, keepdims=True)
+    return z, e, s, m
+
+
+def softmax(x: np.ndarray, axis: int, where: np.ndarray | None) -> np.ndarray:
+    with np.errstate(**_ERRSTATE):
+        _, e, s, _ = _shifted_exp(x, axis, where)
+        if where is not None:
+            # A row with no allowed entry has softmax 0, not 0/0.
+            s[s == 0] = 1.0
+        e /= s
+    return e.astype(x.dtype, copy=False)
+
+
+def log_softmax(x: np.ndarray, axis: int, where: np.ndarray | None) -> np.ndarray:
+    with np.errstate(**_ERRSTATE):
+        zs, _, s, _ = _shifted_exp(x, axis, where)
+        zs -= np.log(s)
+        if where is not None:
+            zs[~where] = -np.inf
+    return zs.astype(x.dtype, copy=False)
+
+
+def logsumexp(x: np.ndarray, axis: int, keepdims: bool, where: np.ndarray | None) -> np.ndarray:
+    with np.errstate(**_ERRSTATE):
+        _, _, s, m = _shifted_exp(x, axis, where)
+        out = m + np.log(s)
+    if not keepdims:
+        out = np.squeeze(out, axis=axis)
+    return out.astype(x.dtype, copy=False)
+
+
+def softmax_vjp(y: np.ndarray, dy: np.ndarray, axis: int) -> np.ndarray:
+    """``dx = y * (dy - sum(y * dy))``: the Jacobian ``diag(y) - y y^T`` applied to ``dy``."""
+    acc = acc_dtype(np.result_type(y, dy))
+    y = y.astype(acc, copy=False)
+    dy = dy.astype(acc, copy=False)
+    with np.errstate(**_ERRSTATE):
+        return y * (dy - np.sum(y * dy, axis=axis, keepdims=True))
+
+
+def log_softmax_vjp(logp: np.ndarray, dy: np.ndarray, axis: int) -> np.ndarray:
+    """``dx = dy - exp(logp) * sum(dy)``: the Jacobian ``I - 1 p^T`` transposed, applied."""
+    acc = acc_dtype(np.result_type(logp, dy))
+    dy = dy.astype(acc, copy=False)
+    with np.errstate(**_ERRSTATE):
+        return dy - np.exp(logp.astype(acc, copy=False)) * np.sum(dy, axis=axis, keepdims=True)
+
+
+def softmax_jacobian(y: np.ndarray, axis: int) -> np.ndarray:
+    """``J[..., i, ..., j] = y_i (delta_ij - y_j)``, ``i`` at ``axis`` and ``j`` appended."""
+    ym = np.moveaxis(y.astype(acc_dtype(y.dtype), copy=False), axis, -1)
+    jac = -ym[..., :, None] * ym[..., None, :]
+    diag = np.einsum("...ii->...i", jac)  # a writable view of the diagonal
+    diag += ym
+    return np.moveaxis(jac, -2, axis)
+
+
+def _xmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a * b`` with ``0 * anything = 0`` (for ``q * log q`` and ``q * inf`` terms)."""
+    with np.errstate(**_ERRSTATE):
+        return np.where(a == 0, 0.0, a * b)
+
+
+def target_mass(
+    target: np.ndarray, weight: np.ndarray | None, ignore_index: int, valid: np.ndarray
+) -> np.ndarray:
+    """Per row ``v_i * sum_c w_c y_ic`` (y before smoothing): the mean denominator's terms.
+
+    ``target`` is (N,) integer indices or (N, C) floats; ``valid`` is (N,) bool, False for rows
+    that have no allowed class.
+    """
+    if target.ndim == 1:
+        keep = valid & (target != ignore_index)
+        if weight is None:
+            return keep.astype(np.float64)
+        safe = np.where(keep, target, 0)
+        return np.where(keep, weight[safe], 0.0)
+    y = target.astype(np.float64, copy=False)
+    mass = y.sum(axis=1) if weight is None else y @ weight
+    return np.where(valid, mass, 0.0)
+
+
+def fused_rows(
+    x: np.ndarray,
+    target: np.ndarray,
+    *,
+    weight: np.ndarray | None,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    where: np.ndarray | None,
+    kl: bool,
+    row_scale: np.ndarray | None,
+    grad_out: np.ndarray | None,
+) -> np.ndarray:
+    """Per-row softmax cross-entropy and (optionally) its gradient, on (N, C) rows.
+
+    The contract (shared with the numba kernel) is in ``docs/internals.md``. Returns the
+    per-row losses as float64; writes ``row_scale[i] * dL_i/dx_i`` into ``grad_out`` when
+    ``row_scale`` is given. ``grad_out`` may be ``x`` itself.
+    """
+    n, c = x.shape
+    acc = acc_dtype(x.dtype)
+    eps = label_smoothing
+    soft = target.ndim == 2
+    with np.errstate(**_ERRSTATE):
+        # Workspace for z - m and then the gradient: the output buffer itself when it has the
+        # accumulation dtype (no extra N x C allocation); with a softcap x must survive.
+        if grad_out is not None and grad_out.dtype == acc and softcap is None:
+            z = grad_out
+            if z is not x:
+                np.copyto(z, x)
+        elif softcap is None:
+            z = x.astype(acc)
+        else:
+            z = np.tanh(x.astype(acc) / acc.type(softcap))
+            cap_grad = 1.0 - z * z  # d z / d x, before z is scaled
+            z *= acc.type(softcap)
+
+        if where is not None:
+            z[~where] = -np.inf
+            n_allowed = where.sum(axis=1)
+        else:
+            n_allowed = np.full(n, c)
+        valid = n_allowed > 0
+
+        m = _row_max(z, 1, None)
+        z -= m  # z now holds z - m
+        w = np.ones(c, dtype=acc) if weight is None else weight.astype(acc)
+        spread = np.where(valid, eps / np.maximum(n_allowed, 1), 0.0).astype(acc)
+
+        # Per row: S_i = sum_c w_c q_c and T_i = sum_c w_c q_c (z_c - m), before z is overwritten.
+        if soft:
+            q = target.astype(acc) * acc.type(1.0 - eps)
+            if eps:
+                q += spread[:, None] if where is None else spread[:, None] * where
+            wq = q * w
+            big_s = wq.sum(axis=1)
+            big_t = _xmul(wq, z).sum(axis=1)
+            v = valid
+        else:
+            v = valid & (target != ignore_index)
+            t = np.where(v, target, 0)
+            rows = np.arange(n)
+            w_t = w[t]
+            gold = acc.type(1.0 - eps) * w_t
+            big_t = _xmul(gold, z[rows, t])
+            big_s = gold.copy()
+            if eps:
+                # The smoothing mass spreads over the allowed classes only.
+                w_allowed = w[None, :] if where is None else np.where(where, w, 0.0).astype(acc)
+                sum_w_allowed = w_allowed.sum(axis=1)
+                big_s += spread * sum_w_allowed
+                big_t += spread * _xmul(w_allowed, z).sum(axis=1)
+
+        e = np.exp(z, out=z)
+        s = e.sum(axis=1)
+        log_s = np.log(s)
+        lse = m[:, 0] + log_s
+        loss = big_s * log_s - big_t
+        if z_loss:
+            loss = loss + acc.type(z_loss) * lse * lse
+        if kl:
+            if soft:
+                loss = loss + _xmul(wq, np.log(q)).sum(axis=1)
+            else:
+                # q_t = 1 - eps + spread (when t is allowed); every other allowed class: spread.
+                t_allowed = np.ones(n, dtype=bool) if where is None else where[rows, t]
+                q_t = acc.type(1.0 - eps) + np.where(t_allowed, spread, 0.0).astype(acc)
+                loss = loss + w_t * _xmul(q_t, np.log(q_t))
+                if eps:
+                    other_w = sum_w_allowed - np.where(t_allowed, w_t, 0.0)
+                    loss = loss + _xmul(spread * other_w, np.log(spread))
+        loss = np.where(v, loss, 0.0).astype(np.float64)
+
+        if row_scale is None:
+            return loss
+        r = row_scale.astype(acc)
+        e *= ((big_s + acc.type(2.0 * z_loss) * lse) / s * r)[
+            :, None
+        ]  # e is now the p part of the gradient
+        if soft:
+            e -= wq * r[:, None]
+        else:
+            e[rows, t] -= gold * r
+            if eps:
+                e -= (spread * r)[:, None] * w_allowed
+        e[~v] = 0.0  # ignored and fully masked rows: exactly 0, even with NaN logits
+        if where is not None:
+            e[~where] = 0.0  # masked classes do not influence the loss
+        if softcap is not None:
+            e *= cap_grad
+        if grad_out is not None and e is not grad_out:
+            np.copyto(grad_out, e, casting="same_kind")
+    return loss
+
+
+def ce_rows(
+    probs: np.ndarray,
+    target: np.ndarray,
+    *,
+    weight: np.ndarray | None,
+    ignore_index: int,
+    row_scale: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Cross-entropy on probabilities, per row: ``L_i = -sum_c w_c q_ic log p_ic``.
+
+    Returns the float64 per-row losses and, when ``row_scale`` is given, the gradient
+    ``-row_scale_i * w_c q_ic / p_ic`` in the accumulation dtype.
+    """
+    n, c = probs.shape
+    acc = acc_dtype(probs.dtype)
+    w = np.ones(c, dtype=acc) if weight is None else weight.astype(acc)
+    p = probs.astype(acc, copy=False)
+    with np.errstate(**_ERRSTATE):
+        if target.ndim == 2:
+            wq = target.astype(acc) * w
+            loss = -_xmul(wq, np.log(p)).sum(axis=1)
+            v = np.ones(n, dtype=bool)
+        else:
+            v = target != ignore_index
+            t = np.where(v, target, 0)
+            wq = np.zeros((n, c), dtype=acc)
+            wq[np.arange(n), t] = np.where(v, w[t], 0.0)
+            loss = -_xmul(wq[np.arange(n), t], np.log(p[np.arange(n), t]))
+        loss = np.where(v, loss, 0.0).astype(np.float64)
+        if row_scale is None:
+            return loss, None
+        grad = -_xmul(wq, 1.0 / p) * np.where(v, row_scale, 0.0).astype(acc)[:, None]
+    return loss, grad

@@ -1,0 +1,126 @@
+r"""Forward/backward objects for people who build their own network framework.
+
+Each object has ``forward(*inputs) -> output`` and ``backward(doutput) -> dinput`` and keeps
+only what its backward needs (``Softmax`` keeps its output, not its input).
+
+Do I need the softmax derivative when the loss is fused? No. With ``p = softmax(z)`` and the
+cross-entropy ``L = -sum_c q_c log p_c``, the chain rule through the softmax Jacobian
+``J = diag(p) - p p^T`` gives
+
+.. math:: \frac{\partial L}{\partial z} = J^T \Bigl(-\frac{q}{p}\Bigr)
+          = -q + p \sum_c q_c ,
+
+which is ``p - q`` when ``q`` sums to 1. :class:`SoftmaxCrossEntropy` computes that directly,
+in one pass and without dividing by probabilities that may have underflowed to 0; chaining
+:class:`Softmax` and :class:`CrossEntropy` gives the same gradient (up to rounding) where the
+probabilities are not tiny.
+
+Examples
+--------
+>>> import numpy as np
+>>> from softmaxce.ops import Softmax, CrossEntropy, SoftmaxCrossEntropy
+>>> x, t = np.array([[1.0, 2.0, 3.0], [0.5, 0.5, -1.0]]), np.array([2, 0])
+>>> sm, ce = Softmax(), CrossEntropy()
+>>> loss = ce.forward(sm.forward(x), t)
+>>> chained = sm.backward(ce.backward())
+>>> fused = SoftmaxCrossEntropy()
+>>> bool(np.isclose(fused.forward(x, t), loss)), bool(np.allclose(fused.backward(), chained))
+(True, True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import _api
+from . import _validate as v
+
+__all__ = ["CrossEntropy", "LogSoftmax", "Softmax", "SoftmaxCrossEntropy"]
+
+
+def _saved(obj: Any, value: Any) -> Any:
+    if value is None:
+        msg = f"{type(obj).__name__}.backward called before forward"
+        raise RuntimeError(msg)
+    return value
+
+
+class Softmax:
+    """``y = softmax(x)`` along ``axis``; backward is :func:`softmaxce.softmax_vjp` (keeps y)."""
+
+    def __init__(self, axis: int = -1) -> None:
+        self.axis = axis
+        self._y: np.ndarray | None = None
+
+    def forward(self, x: Any) -> np.ndarray:
+        self._y = _api.softmax(x, axis=self.axis)
+        return self._y
+
+    def backward(self, dy: Any) -> np.ndarray:
+        return _api.softmax_vjp(_saved(self, self._y), dy, axis=self.axis)
+
+
+class LogSoftmax:
+    """``logp = log_softmax(x)``; backward is :func:`softmaxce.log_softmax_vjp` (keeps logp)."""
+
+    def __init__(self, axis: int = -1) -> None:
+        self.axis = axis
+        self._logp: np.ndarray | None = None
+
+    def forward(self, x: Any) -> np.ndarray:
+        self._logp = _api.log_softmax(x, axis=self.axis)
+        return self._logp
+
+    def backward(self, dy: Any) -> np.ndarray:
+        return _api.log_softmax_vjp(_saved(self, self._logp), dy, axis=self.axis)
+
+
+class CrossEntropy:
+    """Cross-entropy on probabilities (:func:`softmaxce.cross_entropy`); keeps probs, target.
+
+    ``backward(dloss=None)`` returns d loss / d probs (:func:`softmaxce.cross_entropy_vjp`).
+    Options: ``axis``, ``weight``, ``ignore_index``, ``reduction``.
+    """
+
+    def __init__(self, **opts: Any) -> None:
+        self.opts = opts
+        self._saved: tuple[np.ndarray, np.ndarray] | None = None
+
+    def forward(self, probs: Any, target: Any) -> Any:
+        loss = _api.cross_entropy(probs, target, **self.opts)
+        self._saved = (np.asarray(probs), np.asarray(target))
+        return loss
+
+    def backward(self, dloss: Any = None) -> np.ndarray:
+        probs, target = _saved(self, self._saved)
+        return _api.cross_entropy_vjp(probs, target, dloss, **self.opts)
+
+
+class SoftmaxCrossEntropy:
+    """The fused softmax cross-entropy (:func:`softmaxce.softmax_cross_entropy_with_grad`).
+
+    ``forward(logits, target)`` computes the loss and, in the same pass, the gradient for
+    ``dloss = 1``; it keeps that gradient only (not the logits). ``backward(dloss=None)``
+    scales it by ``dloss`` (a scalar, or per position for ``reduction="none"``). Accepts every
+    option of :func:`softmaxce.softmax_cross_entropy`, ``inplace`` and ``backend`` included.
+    """
+
+    def __init__(self, **opts: Any) -> None:
+        self.opts = opts
+        self._grad: np.ndarray | None = None
+        self._loss_shape: tuple[int, ...] = ()
+
+    def forward(self, logits: Any, target: Any) -> Any:
+        loss, self._grad = _api.softmax_cross_entropy_with_grad(logits, target, **self.opts)
+        self._loss_shape = np.shape(loss)
+        return loss
+
+    def backward(self, dloss: Any = None) -> np.ndarray:
+        grad = _saved(self, self._grad)
+        if dloss is None:
+            return grad
+        d = v.dloss_array(dloss, self._loss_shape)
+        axis = v.class_axis(self.opts.get("axis", -1), grad.ndim)
+        return (grad * np.expand_dims(d, axis)).astype(grad.dtype, copy=False)
