@@ -284,5 +284,5 @@ def ce_rows(
         loss = np.where(v, loss, 0.0).astype(np.float64)
         if row_scale is None:
             return loss, None
-        grad = -_xmul(wq, 1.0 / p) * np.where(v, row_scale, 0.0).astype(acc)[:, None]
+        grad = _xmul(wq, -1.0 / p) * np.where(v, row_scale, 0.0).astype(acc)[:, None]
     return loss, grad
