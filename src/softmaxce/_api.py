@@ -182,6 +182,17 @@ def softmax_jacobian(y: Any, /, *, axis: int = -1) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+# How "mean" normalises, for the compat modes and front ends (SPEC §1 is "mass" / "zero"):
+#   mean_by: "mass"      W = sum_i v_i sum_c w_c y_ic (the target before smoothing)
+#            "valid"     W = number of positions with v_i = 1 (class weights not counted)
+#            "positions" W = number of positions (ignored ones included)
+#            "batch"     W = size of the input's first axis
+#   empty:   what W == 0 gives: "zero" (loss 0, gradient 0), "nan" (loss NaN, gradient 0, as
+#            PyTorch), "one" (W is clipped to at least 1, as Chainer and MXNet)
+MEAN_BY = ("mass", "valid", "positions", "batch")
+EMPTY = ("zero", "nan", "one")
+
+
 @dataclass
 class _Rows:
     """A validated problem, flattened to (N, C) rows with the class axis last."""
@@ -195,10 +206,30 @@ class _Rows:
     ignore_index: int
     reduction: str
     batch_shape: tuple[int, ...]
+    mean_by: str = "mass"
+    empty: str = "zero"
 
-    def mass(self) -> np.ndarray:
-        valid = np.ones(self.x2.shape[0], dtype=bool) if self.where is None else self.where.any(1)
-        return _core.target_mass(self.target, self.weight, self.ignore_index, valid)
+    def denominator(self) -> float:
+        """W of the mean (see MEAN_BY); NaN when it is 0 under ``empty="nan"``."""
+        n = self.x2.shape[0]
+        valid = np.ones(n, dtype=bool) if self.where is None else self.where.any(1)
+        if self.mean_by == "mass":
+            total = float(
+                _core.target_mass(self.target, self.weight, self.ignore_index, valid).sum()
+            )
+        elif self.mean_by == "valid":
+            total = float(_core.target_mass(self.target, None, self.ignore_index, valid).sum())
+            if self.target.ndim == 2:  # soft targets have no ignored positions
+                total = float(valid.sum())
+        elif self.mean_by == "positions":
+            total = float(n)
+        else:
+            total = float(self.x.shape[0])
+        if total == 0 and self.empty == "one":
+            return 1.0
+        if total == 0 and self.empty == "nan":
+            return float("nan")
+        return total
 
     def row_scale(self, dloss: Any) -> tuple[np.ndarray, float]:
         """Per-row gradient multipliers for ``dloss``, and the mean denominator W."""
@@ -209,8 +240,10 @@ class _Rows:
             return d.reshape(n), 1.0
         if self.reduction == "sum":
             return np.full(n, float(d)), 1.0
-        total = float(self.mass().sum())
-        return np.full(n, float(d) / total if total != 0 else 0.0), total
+        total = self.denominator()
+        # W == 0 or NaN (everything ignored, or an empty batch): gradient 0 (pytorch#70348).
+        ok = total != 0 and total == total
+        return np.full(n, float(d) / total if ok else 0.0), total
 
     def reduce(self, rows: np.ndarray, total: float | None = None) -> Any:
         """Reduce per-row float64 losses; returns a NumPy scalar or array of the input dtype."""
@@ -221,8 +254,8 @@ class _Rows:
         if self.reduction == "sum":
             return out_type(s)
         if total is None:
-            total = float(self.mass().sum())
-        # W == 0 (everything ignored, or an empty batch): 0, never NaN (pytorch#70348).
+            total = self.denominator()
+        # W == 0: 0, never NaN (pytorch#70348), unless empty="nan" made W NaN.
         return out_type(s / total if total != 0 else 0.0)
 
     def to_layout(self, rows2: np.ndarray) -> np.ndarray:
@@ -241,6 +274,8 @@ def _rows(
     reduction: Any,
     where: Any = None,
     name: str = "logits",
+    mean_by: str = "mass",
+    empty: str = "zero",
 ) -> _Rows:
     arr = v.float_array(x, name)
     ax = v.class_axis(axis, arr.ndim)
@@ -259,7 +294,7 @@ def _rows(
     else:
         t2 = t.reshape(-1).astype(np.int64, copy=False)
     mask2 = None if mask is None else np.moveaxis(mask, ax, -1).reshape(-1, n_classes)
-    return _Rows(arr, ax, x2, t2, mask2, w, ignore, red, batch_shape)
+    return _Rows(arr, ax, x2, t2, mask2, w, ignore, red, batch_shape, mean_by, empty)
 
 
 _LOSS_DEFAULTS: dict[str, Any] = {
@@ -275,7 +310,7 @@ _LOSS_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _fused(
+def fused(
     logits: Any,
     target: Any,
     *,
@@ -292,7 +327,14 @@ def _fused(
     softcap: Any,
     where: Any,
     soft_target_loss: Any,
+    mean_by: str = "mass",
+    empty: str = "zero",
 ) -> tuple[Any, np.ndarray | None]:
+    """The one entry point of every fused loss: validate, flatten, pick a kernel, reduce.
+
+    Public functions, ops objects, compat modes and front ends all call this. ``mean_by`` and
+    ``empty`` choose how "mean" normalises (see MEAN_BY); the public API uses the SPEC's.
+    """
     if inplace:
         v.inplace_buffer(logits)
     rows = _rows(
@@ -303,6 +345,8 @@ def _fused(
         ignore_index=ignore_index,
         reduction=reduction,
         where=where,
+        mean_by=v.choice(mean_by, MEAN_BY, "mean_by"),
+        empty=v.choice(empty, EMPTY, "empty"),
     )
     opts = {
         "weight": rows.weight,
@@ -393,7 +437,7 @@ def softmax_cross_entropy(
     PyTorch ``torch.nn.functional.cross_entropy`` (options and label-smoothing convention);
     Chowdhery et al., "PaLM" (2022), z-loss; Gemma 2 (2024), logit soft-capping.
     """
-    loss, _ = _fused(
+    loss, _ = fused(
         logits,
         target,
         want_grad=False,
@@ -456,7 +500,7 @@ def softmax_cross_entropy_with_grad(
     >>> g2 is x
     True
     """
-    loss, grad = _fused(
+    loss, grad = fused(
         logits,
         target,
         want_grad=True,
