@@ -13,7 +13,7 @@ $(BIN)/python:
 
 # Stamp files record what has been installed, so repeated runs skip pip.
 $(VENV)/.installed-base: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[numba]"
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[demo]"
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(CONSTRAINTS) requirements/test.txt | $(BIN)/python
