@@ -370,7 +370,7 @@ def fused(
     # In place, the gradient overwrites the rows: a view of the logits when the class axis is
     # last (no N x C allocation), else our own moved copy, which is copied back below.
     grad2 = x2 if inplace else np.empty(x2.shape, dtype=rows.x.dtype)
-    kernel = _dispatch.select(backend, x2, rows.target, **opts)
+    kernel = _dispatch.select(backend, x2, rows.target, grad_out=grad2, **opts)
     loss_rows = kernel(x2, rows.target, row_scale=scale, grad_out=grad2, **opts)
     loss = rows.reduce(loss_rows, total if rows.reduction == "mean" else None)
     if inplace:

@@ -29,10 +29,19 @@ def numba_kernels() -> ModuleType | None:
     return _numba_kernels
 
 
-def select(backend: str, x: np.ndarray, target: np.ndarray, **opts: Any):
+def select(
+    backend: str,
+    x: np.ndarray,
+    target: np.ndarray,
+    *,
+    where: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+    grad_out: np.ndarray | None = None,
+    **_: Any,
+):
     """The row kernel (``fused_rows`` of docs/internals.md) for this problem."""
-    if backend == "numpy":
-        return _core.fused_rows
+    if backend == "numpy" or (backend == "auto" and x.size < AUTO_MIN_SIZE):
+        return _core.fused_rows  # small problems never pay numba's import or compile
     kernels = numba_kernels()
     if kernels is None:
         if backend == "numba":
@@ -41,8 +50,6 @@ def select(backend: str, x: np.ndarray, target: np.ndarray, **opts: Any):
             )
             raise ImportError(msg)
         return _core.fused_rows
-    if backend == "auto" and x.size < AUTO_MIN_SIZE:
-        return _core.fused_rows
-    if not kernels.supports(x, target, **opts):
+    if not kernels.supports(x, target, where=where, weight=weight, grad_out=grad_out):
         return _core.fused_rows
     return kernels.fused_rows
