@@ -122,5 +122,6 @@ class SoftmaxCrossEntropy:
         if dloss is None:
             return grad
         d = v.dloss_array(dloss, self._loss_shape)
-        axis = v.class_axis(self.opts.get("axis", -1), grad.ndim)
-        return (grad * np.expand_dims(d, axis)).astype(grad.dtype, copy=False)
+        if d.ndim:  # per position ("none"): broadcast along the class axis
+            d = np.expand_dims(d, v.class_axis(self.opts.get("axis", -1), grad.ndim))
+        return (grad * d).astype(grad.dtype, copy=False)
