@@ -248,15 +248,17 @@ class _Rows:
     def reduce(self, rows: np.ndarray, total: float | None = None) -> Any:
         """Reduce per-row float64 losses; returns a NumPy scalar or array of the input dtype."""
         out_type = self.x.dtype.type
-        if self.reduction == "none":
-            return rows.reshape(self.batch_shape).astype(self.x.dtype)
-        s = float(rows.sum())
-        if self.reduction == "sum":
-            return out_type(s)
-        if total is None:
-            total = self.denominator()
-        # W == 0: 0, never NaN (pytorch#70348), unless empty="nan" made W NaN.
-        return out_type(s / total if total != 0 else 0.0)
+        # Rounding to float16 may overflow to inf; that is the right float16 result, no warning.
+        with np.errstate(over="ignore"):
+            if self.reduction == "none":
+                return rows.reshape(self.batch_shape).astype(self.x.dtype)
+            s = float(rows.sum())
+            if self.reduction == "sum":
+                return out_type(s)
+            if total is None:
+                total = self.denominator()
+            # W == 0: 0, never NaN (pytorch#70348), unless empty="nan" made W NaN.
+            return out_type(s / total if total != 0 else 0.0)
 
     def to_layout(self, rows2: np.ndarray) -> np.ndarray:
         """(N, C) gradient rows back to the layout of x."""
@@ -276,6 +278,7 @@ def _rows(
     name: str = "logits",
     mean_by: str = "mass",
     empty: str = "zero",
+    negative_weight: bool = False,
 ) -> _Rows:
     arr = v.float_array(x, name)
     ax = v.class_axis(axis, arr.ndim)
@@ -283,7 +286,7 @@ def _rows(
     ignore = v.integer(ignore_index, "ignore_index")
     red = v.choice(reduction, v.REDUCTIONS, "reduction")
     t = v.target_array(target, arr, ax, ignore)
-    w = v.class_weight(weight, n_classes)
+    w = v.class_weight(weight, n_classes, allow_negative=negative_weight)
     mask = v.where_mask(where, arr.shape)
 
     moved = np.moveaxis(arr, ax, -1)
@@ -329,11 +332,13 @@ def fused(
     soft_target_loss: Any,
     mean_by: str = "mass",
     empty: str = "zero",
+    negative_weight: bool = False,
 ) -> tuple[Any, np.ndarray | None]:
     """The one entry point of every fused loss: validate, flatten, pick a kernel, reduce.
 
     Public functions, ops objects, compat modes and front ends all call this. ``mean_by`` and
     ``empty`` choose how "mean" normalises (see MEAN_BY); the public API uses the SPEC's.
+    ``negative_weight`` accepts negative class weights (compat modes of frameworks that do).
     """
     if inplace:
         v.inplace_buffer(logits)
@@ -347,6 +352,7 @@ def fused(
         where=where,
         mean_by=v.choice(mean_by, MEAN_BY, "mean_by"),
         empty=v.choice(empty, EMPTY, "empty"),
+        negative_weight=negative_weight,
     )
     opts = {
         "weight": rows.weight,

@@ -134,51 +134,60 @@ def integer(value: Any, name: str) -> int:
         raise TypeError(msg) from None
 
 
-def class_weight(weight: Any, n_classes: int) -> np.ndarray | None:
-    """Class weights as float64 of shape (C,): finite and non-negative."""
+def class_weight(
+    weight: Any, n_classes: int, name: str = "weight", allow_negative: bool = False
+) -> np.ndarray | None:
+    """Class weights as float64 of shape (C,): finite and non-negative.
+
+    ``allow_negative`` (for the compat modes of frameworks that accept them) drops the sign
+    check; the values must still be finite.
+    """
     if weight is None:
         return None
     w = np.asarray(weight)
     if w.dtype.kind not in "iuf":
-        msg = f"weight must be a real array of shape ({n_classes},), got dtype {w.dtype}"
+        msg = f"{name} must be a real array of shape ({n_classes},), got dtype {w.dtype}"
         raise TypeError(msg)
     if w.shape != (n_classes,):
-        msg = f"weight must have shape ({n_classes},) (one per class), got shape {w.shape}"
+        msg = f"{name} must have shape ({n_classes},) (one per class), got shape {w.shape}"
         raise ValueError(msg)
     w = w.astype(np.float64)
-    bad = ~(np.isfinite(w) & (w >= 0))
+    bad = ~(np.isfinite(w) & (allow_negative | (w >= 0)))
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        msg = f"weight must be finite and >= 0, got weight[{k}] = {w[k]!r}"
+        what = "finite" if allow_negative else "finite and >= 0"
+        msg = f"{name} must be {what}, got {name}[{k}] = {w[k]!r}"
         raise ValueError(msg)
     return w
 
 
-def target_array(target: Any, logits: np.ndarray, axis: int, ignore_index: int) -> np.ndarray:
+def target_array(
+    target: Any, logits: np.ndarray, axis: int, ignore_index: int, name: str = "target"
+) -> np.ndarray:
     """Check a target against the logits: integer class indices or a float distribution."""
     t = np.asarray(target)
     kind = t.dtype.kind
     if kind == "b":
         msg = (
-            "target must be integer class indices or a float distribution, got a bool array; "
+            f"{name} must be integer class indices or a float distribution, got a bool array; "
             "use .astype(int) for indices or .astype(float) for a one-hot distribution"
         )
         raise TypeError(msg)
     if kind == "f":
         if t.shape != logits.shape:
             msg = (
-                f"target: a float (probability) target must have the logits' shape "
+                f"{name}: a float (probability) target must have the logits' shape "
                 f"{logits.shape}, got {t.shape}"
             )
             raise ValueError(msg)
         return t
     if kind not in "iu":
-        msg = f"target must be an integer or float array, got dtype {t.dtype}"
+        msg = f"{name} must be an integer or float array, got dtype {t.dtype}"
         raise TypeError(msg)
     batch_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
     if t.shape != batch_shape:
         msg = (
-            f"target: integer class indices must have the logits' shape without the class "
+            f"{name}: integer class indices must have the logits' shape without the class "
             f"axis {axis}, i.e. {batch_shape}, got {t.shape}"
         )
         raise ValueError(msg)
@@ -187,7 +196,7 @@ def target_array(target: Any, logits: np.ndarray, axis: int, ignore_index: int) 
     if bad.any():
         pos = tuple(int(i) for i in np.argwhere(bad)[0])
         msg = (
-            f"target must hold class indices in [0, {n_classes}) or ignore_index="
+            f"{name} must hold class indices in [0, {n_classes}) or ignore_index="
             f"{ignore_index}; got {t[pos]} at position {pos}"
         )
         raise ValueError(msg)

@@ -1,0 +1,229 @@
+"""optax's ``softmax_cross_entropy`` and ``softmax_cross_entropy_with_integer_labels`` on NumPy.
+
+Port by changing the import::
+
+    # import optax; losses = optax.softmax_cross_entropy(logits, labels)
+    from softmaxce.compat import optax
+    losses = optax.softmax_cross_entropy(logits, labels)
+
+Both return per-example losses (no reduction). ``axis`` is the class axis, an int or a tuple of
+axes (flattened, in the given order, into one class axis); ``where`` masks classes out of the
+softmax. See ``docs/compat/optax.md`` for every option and the documented differences.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _core
+from .. import _validate as v
+from . import _common
+
+__all__ = [
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_with_grad",
+    "softmax_cross_entropy_with_integer_labels",
+    "softmax_cross_entropy_with_integer_labels_with_grad",
+]
+
+_SEM = _common.TABLE["optax"]
+
+
+def _axes(axis: Any, ndim: int, *, allow_none: bool) -> tuple[int, ...]:
+    """optax's ``axis``: an int, a tuple of ints (or, for the float version, None = all)."""
+    if axis is None and allow_none:
+        return tuple(range(ndim))
+    if isinstance(axis, tuple | list):
+        axes = tuple(v.class_axis(a, ndim) for a in axis)
+        if not axes or len(set(axes)) != len(axes):
+            msg = f"axis must be a non-empty tuple of distinct axes, got {tuple(axis)!r}"
+            raise ValueError(msg)
+        return axes
+    if axis is None or isinstance(axis, bool | np.bool_) or not isinstance(axis, int | np.integer):
+        what = "int or tuple[int, ...]" + (" or None" if allow_none else "")
+        msg = f"axis must be of type {what}, got {type(axis).__name__} {axis!r}"
+        raise ValueError(msg)
+    return (v.class_axis(axis, ndim),)
+
+
+class _Layout:
+    """The class axes moved last (in the given order) and flattened into one axis."""
+
+    def __init__(self, shape: tuple[int, ...], axes: tuple[int, ...]) -> None:
+        self.rest = [i for i in range(len(shape)) if i not in axes]
+        self.perm = self.rest + list(axes)
+        self.moved_shape = tuple(shape[i] for i in self.perm)
+        self.batch_shape = self.moved_shape[: len(self.rest)]
+
+    def to_rows(self, a: np.ndarray) -> np.ndarray:
+        return np.transpose(a, self.perm).reshape((*self.batch_shape, -1))
+
+    def from_rows(self, a: np.ndarray) -> np.ndarray:
+        return np.transpose(a.reshape(self.moved_shape), np.argsort(self.perm))
+
+
+def _logits(logits: Any) -> np.ndarray:
+    x = _common.logits_array(_SEM, logits)
+    if x.ndim == 0:
+        msg = "logits must have at least one dimension (the classes), got a 0-d array"
+        raise ValueError(msg)
+    return x
+
+
+def _where(where: Any, shape: tuple[int, ...], axes: tuple[int, ...]) -> np.ndarray | None:
+    """``where`` of the logits' shape, or of the batch shape (class axes inserted), as optax."""
+    if where is not None and np.ndim(where) != len(shape):
+        where = np.expand_dims(np.asarray(where), tuple(sorted(axes)))
+    return v.where_mask(where, shape)
+
+
+def _sce(logits, labels, axis, where, *, want_grad, dloss):
+    x = _logits(logits)
+    axes = _axes(axis, x.ndim, allow_none=True)
+    lay = _Layout(x.shape, axes)
+    q = np.asarray(labels)
+    if q.dtype.kind not in "biuf":
+        msg = f"labels must be a real array (class probabilities), got dtype {q.dtype}"
+        raise TypeError(msg)
+    try:
+        q = np.broadcast_to(q, x.shape)
+    except ValueError:
+        msg = f"labels of shape {q.shape} do not broadcast to the logits' shape {x.shape}"
+        raise TypeError(msg) from None
+    if q.dtype.kind != "f":
+        q = q.astype(x.dtype)  # optax multiplies integer (one-hot) labels as numbers
+    mask = _where(where, x.shape, axes)
+    x2, q2 = lay.to_rows(x), lay.to_rows(q)
+    m2 = None if mask is None else lay.to_rows(mask)
+    if m2 is not None:
+        # optax sums -labels * log_softmax only where ``where`` is True: masked labels are zero.
+        q2 = np.where(m2, q2, 0.0).astype(q2.dtype)
+    loss, grad, _ = _common.run(
+        _SEM, x2, q2, axis=-1, want_grad=want_grad, dloss=dloss, reduction="none", where=m2
+    )
+    # optax forms labels * log_softmax: 0 * -inf = NaN where an unmasked logit is -inf.
+    x_live = x2 if m2 is None else np.where(m2, x2, 0.0)
+    loss = _common.with_nan(loss, _common.zero_times_log_zero(x_live, q2), "none")
+    return loss, None if grad is None else lay.from_rows(grad)
+
+
+def _int(logits, labels, axis, where, *, want_grad, dloss):
+    x = _logits(logits)
+    axes = _axes(axis, x.ndim, allow_none=False)
+    lay = _Layout(x.shape, axes)
+    t = np.asarray(labels)
+    if t.dtype.kind not in "iu":
+        msg = f"labels must be an integer array (class indices), got dtype {t.dtype}"
+        raise TypeError(msg)
+    mask = _where(where, x.shape, axes)
+    x2 = lay.to_rows(x)
+    m2 = None if mask is None else lay.to_rows(mask)
+    # The labels are validated against the flattened class axis: shape and range.
+    t = _common.target_array(_SEM, t, x2, x2.ndim - 1, None)
+    masked_label = None
+    if m2 is not None:
+        at_label = np.take_along_axis(m2, t[..., None], axis=-1)[..., 0]
+        masked_label = ~at_label & m2.any(axis=-1)
+    if masked_label is None or not masked_label.any():
+        loss, grad, _ = _common.run(
+            _SEM, x2, t, axis=-1, want_grad=want_grad, dloss=dloss, reduction="none", where=m2
+        )
+        return loss, None if grad is None else lay.from_rows(grad)
+    # A label outside ``where``: optax takes ``logsumexp`` over the allowed classes minus the
+    # label's own (unmasked) logit, with gradient ``softmax_where - onehot``. The core calls
+    # such a loss +inf (its probability is 0), so these rows are ignored by the core and
+    # filled from the core's logsumexp and softmax.
+    d = v.dloss_array(dloss, lay.batch_shape) if want_grad else None
+    loss, grad, _ = _common.run(
+        _SEM,
+        x2,
+        np.where(masked_label, -1, t),
+        axis=-1,
+        want_grad=want_grad,
+        dloss=d,
+        reduction="none",
+        where=m2,
+        ignore_index=-1,
+    )
+    xr, mr, tr = x2[masked_label], m2[masked_label], t[masked_label]
+    lse = _core.logsumexp(xr, -1, False, mr).astype(np.float64)
+    loss = np.array(loss, copy=True)
+    loss[masked_label] = lse - np.take_along_axis(xr, tr[:, None], axis=-1)[:, 0]
+    if grad is None:
+        return loss, None
+    g = _core.softmax(xr, -1, mr).astype(np.float64)
+    g[np.arange(len(tr)), tr] -= 1.0
+    grad[masked_label] = g * d[masked_label][:, None]
+    return loss, lay.from_rows(grad)
+
+
+def softmax_cross_entropy(logits: Any, labels: Any, axis: Any = -1, where: Any = None) -> Any:
+    r"""Per-example softmax cross-entropy against class probabilities, as optax.
+
+    .. math:: \ell = -\sum_{c \in \text{axis}} y_c \log\operatorname{softmax}(x)_c
+
+    ``axis``: an int, a tuple of ints, or None (all axes). ``where`` (bool, broadcastable to
+    ``logits``) masks classes: they leave the softmax and their labels count as 0; a fully
+    masked example gives 0. As in optax, ``0 * log(0)`` is NaN: a zero label at a ``-inf``
+    logit makes the example's loss NaN. Returns an array of the logits' shape without the
+    class axes (a 0-d array when every axis is a class axis).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from softmaxce.compat import optax
+    >>> optax.softmax_cross_entropy(np.array([[0.0, 0.0], [1.0, 3.0]]),
+    ...                             np.array([[0.5, 0.5], [0.0, 1.0]])).round(6)
+    array([0.693147, 0.126928])
+    """
+    loss, _ = _sce(logits, labels, axis, where, want_grad=False, dloss=None)
+    return loss
+
+
+def softmax_cross_entropy_with_grad(
+    logits: Any, labels: Any, axis: Any = -1, where: Any = None, *, dloss: Any = None
+) -> tuple[Any, np.ndarray]:
+    """:func:`softmax_cross_entropy` and its gradient with respect to ``logits``.
+
+    ``dloss`` (shape of the result; None means ones) is the upstream gradient: the result is
+    ``jax.vjp``'s, ``(sum_c y_c) p - y`` per example times ``dloss``, 0 at masked classes.
+    """
+    return _sce(logits, labels, axis, where, want_grad=True, dloss=dloss)
+
+
+def softmax_cross_entropy_with_integer_labels(
+    logits: Any, labels: Any, axis: Any = -1, where: Any = None
+) -> Any:
+    r"""Per-example softmax cross-entropy against integer class indices, as optax.
+
+    .. math:: \ell = \operatorname{logsumexp}_{c \in \text{where}}(x_c) - x_{\text{label}}
+
+    ``axis``: an int or a tuple of ints (the class axes, flattened in the given order, so a
+    label indexes the flattened classes). ``labels`` has the logits' shape without the class
+    axes. A fully masked example gives 0; a label at a masked class keeps its logit (optax
+    does not mask the label), so its loss is ``logsumexp`` over the allowed classes minus that
+    logit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from softmaxce.compat import optax
+    >>> optax.softmax_cross_entropy_with_integer_labels(
+    ...     np.array([[0.0, 0.0], [1.0, 3.0]]), np.array([0, 1])).round(6)
+    array([0.693147, 0.126928])
+    """
+    loss, _ = _int(logits, labels, axis, where, want_grad=False, dloss=None)
+    return loss
+
+
+def softmax_cross_entropy_with_integer_labels_with_grad(
+    logits: Any, labels: Any, axis: Any = -1, where: Any = None, *, dloss: Any = None
+) -> tuple[Any, np.ndarray]:
+    """:func:`softmax_cross_entropy_with_integer_labels` and its gradient w.r.t. ``logits``.
+
+    ``dloss`` (shape of the result; None means ones) is the upstream gradient; the gradient
+    is ``(softmax - onehot) * dloss`` per example, 0 at masked classes other than the label.
+    """
+    return _int(logits, labels, axis, where, want_grad=True, dloss=dloss)

@@ -1,0 +1,191 @@
+"""softmaxce.compat.optax against optax's softmax cross-entropies (golden files; live if jax)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_compat_common import (
+    assert_close,
+    assert_raises_named,
+    count,
+    golden_params,
+    readonly_inputs,
+    rounded,
+    summary,
+)
+
+from softmaxce.compat import optax
+
+FW = "optax"
+
+# Golden error cases: the exception softmaxce raises (optax's own in a comment).
+ERRORS = {
+    "error-int-logits": TypeError,  # TypeError
+    "error-int-float-labels": TypeError,  # TypeError
+    "error-int-axis-none": ValueError,  # ValueError
+    "error-int-labels-shape": ValueError,  # ValueError
+    "error-sce-labels-shape": TypeError,  # TypeError (jax broadcasting)
+}
+
+
+def _args(case):
+    args = dict(case["args"])
+    if isinstance(args.get("axis"), list):
+        args["axis"] = tuple(args["axis"])
+    return args
+
+
+def _call(case, inputs, head, wide=False):
+    fn = getattr(optax, case["fn"] + "_with_grad")
+    logits = inputs["logits"].astype(np.float64) if wide else inputs["logits"]
+    return fn(logits, inputs["labels"], where=inputs.get("where"), dloss=head, **_args(case))
+
+
+def diff_out_of_range_label(case, inputs):
+    # optax does not check labels: -1 wraps to the last class, others give NaN (jax's gather
+    # fill value); softmaxce raises (SPEC section 4).
+    assert case["out"] is not None
+    assert_raises_named(ValueError, lambda: _call(case, inputs, None), "labels")
+
+
+def diff_posinf(case, inputs):
+    # A +inf logit: optax's integer version gives +inf (logsumexp - x_t; NaN when the +inf is
+    # the label's) and a NaN gradient only at the +inf entry; softmaxce gives NaN (SPEC
+    # section 4) and a NaN gradient row.
+    loss, grad = _call(case, inputs, None)
+    bad = np.isposinf(inputs["logits"]).any(axis=-1)
+    assert np.isnan(loss[bad]).all() and not np.isfinite(case["out"][bad]).any()
+    assert np.isnan(grad[bad]).all() and not np.isnan(case["grad_ones"][bad]).all()
+    assert_close(FW, case, "out (rows without +inf)", loss[~bad], case["out"][~bad])
+    assert_close(FW, case, "grad_ones (rows without +inf)", grad[~bad], case["grad_ones"][~bad])
+
+
+def diff_float16_accuracy(case, inputs):
+    # jax computes float16 in float16: log-probabilities of -1.2e5 overflow to -inf (then
+    # 0 * -inf = NaN), and ties lose precision; softmaxce computes in float32, rounds once.
+    loss, grad = _call(case, inputs, None)
+    ref_loss, ref_grad = _call(case, inputs, None, wide=True)
+    assert_close(FW, case, "out (float64 rerun)", loss, rounded(ref_loss, np.float16))
+    assert_close(FW, case, "grad (float64 rerun)", grad, rounded(ref_grad, np.float16))
+    assert not np.allclose(case["out"], loss, atol=1e-2, equal_nan=True)
+
+
+DIFFERENCES = {
+    "int-label-too-large": diff_out_of_range_label,
+    "int-label-negative": diff_out_of_range_label,
+    "int-label-too-negative": diff_out_of_range_label,
+    "int-extreme-posinf-f16": diff_posinf,
+    "int-extreme-posinf-f32": diff_posinf,
+    "int-extreme-posinf-f64": diff_posinf,
+    "sce-extreme-big-f16": diff_float16_accuracy,
+    "int-extreme-big-f16": diff_float16_accuracy,
+}
+
+
+@pytest.mark.parametrize("case", golden_params(FW))
+def test_golden(case):
+    inputs = readonly_inputs(case)
+    if case["id"] in DIFFERENCES:
+        DIFFERENCES[case["id"]](case, inputs)
+        count(FW, "differences")
+        return
+    if case["error"] is not None:
+        assert case["id"] in ERRORS, f"new golden error case {case['id']}: {case['error']}"
+        with pytest.raises(ERRORS[case["id"]]):
+            _call(case, inputs, None)
+        count(FW, "errors")
+        return
+    fn = getattr(optax, case["fn"])
+    out = fn(inputs["logits"], inputs["labels"], where=inputs.get("where"), **_args(case))
+    assert_close(FW, case, "out", out, case["out"])
+    loss, grad1 = _call(case, inputs, None)
+    assert_close(FW, case, "out (with_grad)", loss, case["out"])
+    assert_close(FW, case, "grad_ones", grad1, case["grad_ones"])
+    _, grad = _call(case, inputs, case["head"])
+    assert_close(FW, case, "grad", grad, case["grad"])
+    if case["notes"].get("dtype") != "bfloat16":
+        assert np.asarray(out).dtype == case["out"].dtype
+        assert grad.dtype == case["grad"].dtype
+    count(FW, "compared")
+
+
+def test_golden_summary():
+    print("\n" + summary(FW))
+
+
+def test_axis_tuple_equals_moved_and_flattened():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4))
+    labels = rng.integers(0, 12, size=(2,))
+    flat = np.transpose(x, (0, 2, 1)).reshape(2, 12)  # classes ordered as axis=(2, 1)
+    np.testing.assert_allclose(
+        optax.softmax_cross_entropy_with_integer_labels(x, labels, axis=(2, 1)),
+        optax.softmax_cross_entropy_with_integer_labels(flat, labels),
+    )
+    q = rng.random((2, 3, 4))
+    np.testing.assert_allclose(
+        optax.softmax_cross_entropy(x, q, axis=(1, 2)),
+        optax.softmax_cross_entropy(x.reshape(2, 12), q.reshape(2, 12)),
+    )
+
+
+def test_masked_label_keeps_its_logit():
+    # optax: logsumexp over the allowed classes minus the (masked) label's own logit.
+    x = np.array([[0.0, 1.0, 2.0]])
+    where = np.array([[True, False, True]])
+    loss, grad = optax.softmax_cross_entropy_with_integer_labels_with_grad(
+        x, np.array([1]), where=where
+    )
+    lse = np.log(np.exp(0.0) + np.exp(2.0))
+    np.testing.assert_allclose(loss, [lse - 1.0])
+    p = np.exp(np.array([0.0, -np.inf, 2.0]) - lse)
+    np.testing.assert_allclose(grad, [p - np.array([0.0, 1.0, 0.0])])
+
+
+@pytest.mark.parametrize(
+    ("fn", "labels", "kwargs", "exc", "name"),
+    [
+        ("softmax_cross_entropy_with_integer_labels", np.array([0, 5]), {}, ValueError, "labels"),
+        (
+            "softmax_cross_entropy_with_integer_labels",
+            np.array([0.0, 1.0]),
+            {},
+            TypeError,
+            "labels",
+        ),
+        (
+            "softmax_cross_entropy_with_integer_labels",
+            np.array([0, 1]),
+            {"axis": None},
+            ValueError,
+            "axis",
+        ),
+        ("softmax_cross_entropy", np.zeros((2, 4)), {}, TypeError, "labels"),
+        ("softmax_cross_entropy", np.zeros((2, 3)), {"axis": (1, 1)}, ValueError, "axis"),
+        ("softmax_cross_entropy", np.zeros((2, 3)), {"where": np.ones((2, 3))}, TypeError, "where"),
+    ],
+)
+def test_bad_input_names_the_argument(fn, labels, kwargs, exc, name):
+    x = np.zeros((2, 3))
+    assert_raises_named(exc, lambda: getattr(optax, fn)(x, labels, **kwargs), name)
+
+
+def test_live_optax():
+    """A bonus where jax and optax happen to be importable (the suite never installs them)."""
+    real = pytest.importorskip("optax")
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 5))
+    q = rng.random((4, 5))
+    where = rng.random((4, 5)) < 0.7
+    where[:, 0] = True
+    np.testing.assert_allclose(
+        optax.softmax_cross_entropy(x, q, where=where),
+        np.asarray(real.softmax_cross_entropy(x, q, where=where)),
+        rtol=1e-5,
+    )
+    t = rng.integers(0, 5, 4)
+    np.testing.assert_allclose(
+        optax.softmax_cross_entropy_with_integer_labels(x, t),
+        np.asarray(real.softmax_cross_entropy_with_integer_labels(x, t)),
+        rtol=1e-5,
+    )
