@@ -300,7 +300,7 @@ def _rows(
     return _Rows(arr, ax, x2, t2, mask2, w, ignore, red, batch_shape, mean_by, empty)
 
 
-_LOSS_DEFAULTS: dict[str, Any] = {
+LOSS_DEFAULTS: dict[str, Any] = {
     "axis": -1,
     "weight": None,
     "ignore_index": -100,
@@ -333,12 +333,15 @@ def fused(
     mean_by: str = "mass",
     empty: str = "zero",
     negative_weight: bool = False,
+    grad_dtype: Any = None,
 ) -> tuple[Any, np.ndarray | None]:
     """The one entry point of every fused loss: validate, flatten, pick a kernel, reduce.
 
     Public functions, ops objects, compat modes and front ends all call this. ``mean_by`` and
     ``empty`` choose how "mean" normalises (see MEAN_BY); the public API uses the SPEC's.
     ``negative_weight`` accepts negative class weights (compat modes of frameworks that do).
+    ``grad_dtype`` (without ``inplace``) overrides the gradient's dtype, e.g. float32 for
+    float16 logits whose gradient will be scaled again later and should be rounded only once.
     """
     if inplace:
         v.inplace_buffer(logits)
@@ -375,7 +378,7 @@ def fused(
     x2 = rows.x2
     # In place, the gradient overwrites the rows: a view of the logits when the class axis is
     # last (no N x C allocation), else our own moved copy, which is copied back below.
-    grad2 = x2 if inplace else np.empty(x2.shape, dtype=rows.x.dtype)
+    grad2 = x2 if inplace else np.empty(x2.shape, dtype=grad_dtype or rows.x.dtype)
     kernel = _dispatch.select(backend, x2, rows.target, grad_out=grad2, **opts)
     loss_rows = kernel(x2, rows.target, row_scale=scale, grad_out=grad2, **opts)
     loss = rows.reduce(loss_rows, total if rows.reduction == "mean" else None)

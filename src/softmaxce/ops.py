@@ -108,20 +108,37 @@ class SoftmaxCrossEntropy:
     """
 
     def __init__(self, **opts: Any) -> None:
+        unknown = set(opts) - set(_api.LOSS_DEFAULTS) - {"inplace", "backend"}
+        if unknown:
+            msg = f"SoftmaxCrossEntropy got unknown option(s) {sorted(unknown)}"
+            raise TypeError(msg)
         self.opts = opts
         self._grad: np.ndarray | None = None
+        self._dtype: np.dtype = np.dtype(np.float64)
         self._loss_shape: tuple[int, ...] = ()
 
     def forward(self, logits: Any, target: Any) -> Any:
-        loss, self._grad = _api.softmax_cross_entropy_with_grad(logits, target, **self.opts)
+        opts = {**_api.LOSS_DEFAULTS, "inplace": False, "backend": "auto", **self.opts}
+        self._dtype = np.asarray(logits).dtype
+        # float16: keep the float32 gradient so that backward rounds to float16 only once.
+        half = self._dtype == np.float16 and not opts["inplace"]
+        loss, self._grad = _api.fused(
+            logits,
+            target,
+            want_grad=True,
+            dloss=None,
+            grad_dtype=np.float32 if half else None,
+            **opts,
+        )
+        self._dtype = self._grad.dtype if not half else self._dtype  # type: ignore[union-attr]
         self._loss_shape = np.shape(loss)
         return loss
 
     def backward(self, dloss: Any = None) -> np.ndarray:
         grad = _saved(self, self._grad)
         if dloss is None:
-            return grad
+            return grad.astype(self._dtype, copy=False)
         d = v.dloss_array(dloss, self._loss_shape)
         if d.ndim:  # per position ("none"): broadcast along the class axis
             d = np.expand_dims(d, v.class_axis(self.opts.get("axis", -1), grad.ndim))
-        return (grad * d).astype(grad.dtype, copy=False)
+        return (grad * d).astype(self._dtype, copy=False)
