@@ -1,0 +1,608 @@
+"""The fused loss and its gradient against the float64 reference, over a grid of options.
+
+Every option of SPEC section 1 (axis incl. a middle axis of 3-D/4-D inputs, weight,
+ignore_index, every reduction, label_smoothing, z_loss, softcap, where, soft targets with both
+soft_target_loss, dloss None / scalar / per position) in float16, float32 and float64.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import zlib
+
+import numpy as np
+import pytest
+import reference as ref
+from reference import TOLERANCES, record_error
+
+import softmaxce as sc
+
+# layout name -> (logits shape, class axis)
+LAYOUTS = {
+    "2d": ((9, 5), -1),
+    "2d_axis0": ((6, 8), 0),
+    "3d_mid": ((3, 6, 4), 1),
+    "4d_mid": ((2, 3, 5, 2), -2),
+    "1d": ((7,), 0),
+}
+
+# option case name -> flags understood by make_case
+CASES = {
+    "plain": {},
+    "weight": {"weight": True},
+    "ignore": {"ignore": True},
+    "ignore_in_range": {"ignore_in_range": True},
+    "ignore_weight": {"ignore": True, "weight": True},
+    "smooth": {"smooth": 0.15},
+    "smooth_weight": {"smooth": 0.3, "weight": True},
+    "z_loss": {"z_loss": 0.05},
+    "softcap": {"softcap": 2.5},
+    "where_random": {"where": "random"},
+    "where_column": {"where": "column"},
+    "where_smooth_weight": {"where": "random", "smooth": 0.2, "weight": True},
+    "kl_index_smooth": {"kl": True, "smooth": 0.25},
+    "soft": {"soft": "dirichlet"},
+    "soft_weight": {"soft": "dirichlet", "weight": True},
+    "soft_smooth": {"soft": "dirichlet", "smooth": 0.1},
+    "soft_kl": {"soft": "dirichlet", "kl": True},
+    "soft_kl_smooth_weight": {"soft": "dirichlet", "kl": True, "smooth": 0.2, "weight": True},
+    "soft_unnormalized": {"soft": "unnormalized", "weight": True},
+    "soft_onehot_kl": {"soft": "onehot", "kl": True},
+    "soft_where": {"soft": "dirichlet", "where": "random", "kl": True, "smooth": 0.1},
+    "everything_index": {
+        "weight": True, "ignore": True, "smooth": 0.1, "z_loss": 0.02, "softcap": 3.0,
+        "where": "random", "kl": True,
+    },
+    "everything_soft": {
+        "soft": "dirichlet", "weight": True, "smooth": 0.1, "z_loss": 0.02, "softcap": 3.0,
+        "where": "column", "kl": True,
+    },
+}
+
+REDUCTIONS = ["none", "sum", "mean"]
+DTYPES = [np.float16, np.float32, np.float64]
+
+HAVE_NUMBA_KERNELS = importlib.util.find_spec("softmaxce._numba_kernels") is not None
+
+
+def _batch_shape(shape, axis):
+    axis = axis % len(shape)
+    return shape[:axis] + shape[axis + 1:]
+
+
+def make_case(case, layout, dtype, reduction, dloss_kind, seed=0):
+    """Returns (x, target, opts, dloss): logits of ``dtype``, target, keyword options."""
+    flags = CASES[case]
+    shape, axis = LAYOUTS[layout]
+    ax = axis % len(shape)
+    C = shape[ax]
+    batch = _batch_shape(shape, axis)
+    key = f"{case}/{layout}/{reduction}/{dloss_kind}/{seed}"
+    rng = np.random.default_rng(zlib.crc32(key.encode()))
+    x = (rng.normal(size=shape) * 3.0).astype(dtype)
+    opts = {"axis": axis, "reduction": reduction}
+
+    # --- where --------------------------------------------------------------------------
+    where = None
+    if flags.get("where") == "random":
+        where = rng.random(shape) < 0.7
+    elif flags.get("where") == "column":
+        wshape = [1] * len(shape)
+        wshape[ax] = C
+        col = np.ones(C, dtype=bool)
+        col[[1, C - 1]] = False
+        where = col.reshape(wshape)  # broadcastable, not full shape
+    allowed_rows = None
+    if where is not None:
+        allowed_rows = np.moveaxis(np.broadcast_to(where, shape), ax, -1).copy()
+
+    # --- target -------------------------------------------------------------------------
+    soft = flags.get("soft")
+    if soft is None:
+        t = rng.integers(0, C, size=batch)
+        if allowed_rows is not None:
+            for idx in np.ndindex(batch):
+                ok = np.flatnonzero(allowed_rows[idx])
+                if len(ok) == 0:
+                    allowed_rows[idx][0] = True
+                    ok = np.array([0])
+                t[idx] = rng.choice(ok)
+        flat = t.reshape(-1)
+        if flags.get("ignore"):
+            flat[1::3] = -100
+        if flags.get("ignore_in_range"):
+            opts["ignore_index"] = 1
+            for k in range(flat.size):
+                flat[k] = 1 if k % 3 == 1 else (2 if C > 2 else 0)
+        target = t
+    else:
+        if soft == "dirichlet":
+            y = rng.dirichlet(np.ones(C), size=batch)
+        elif soft == "unnormalized":
+            y = rng.uniform(0.0, 1.0, size=(*batch, C))
+        else:  # one-hot float with exact zeros
+            y = np.eye(C)[rng.integers(0, C, size=batch)]
+        if allowed_rows is not None:  # no target mass on excluded classes (else loss = inf)
+            for idx in np.ndindex(batch):
+                if not allowed_rows[idx].any():
+                    allowed_rows[idx][0] = True
+                yy = y[idx] * allowed_rows[idx]
+                if yy.sum() == 0:
+                    yy = allowed_rows[idx] / allowed_rows[idx].sum()
+                y[idx] = yy / yy.sum() * (y[idx].sum() if soft == "unnormalized" else 1.0)
+        target = np.moveaxis(y, -1, ax).astype(dtype)
+
+    if flags.get("where") == "random":
+        # one row with no allowed class at all (when there are several rows)
+        if len(batch) and int(np.prod(batch)) > 1:
+            first = (0,) * len(batch)
+            allowed_rows[first][:] = False
+        where = np.moveaxis(allowed_rows, -1, ax)
+        opts["where"] = where
+    elif where is not None:
+        opts["where"] = where
+
+    # --- the other options ----------------------------------------------------------------
+    if flags.get("weight"):
+        opts["weight"] = rng.uniform(0.25, 2.0, size=C)
+    if "smooth" in flags:
+        opts["label_smoothing"] = flags["smooth"]
+    if "z_loss" in flags:
+        opts["z_loss"] = flags["z_loss"]
+    if "softcap" in flags:
+        opts["softcap"] = flags["softcap"]
+    if flags.get("kl"):
+        opts["soft_target_loss"] = "kl-divergence"
+
+    dloss = None
+    if dloss_kind == "random":
+        if reduction == "none":
+            dloss = rng.uniform(-2.0, 2.0, size=batch)
+        else:
+            dloss = float(rng.uniform(-2.0, 2.0))
+    return x, target, opts, dloss
+
+
+def _freeze(*arrays):
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+
+
+def check_fused(case, layout, dtype, reduction, dloss_kind, backend=None):
+    x, target, opts, dloss = make_case(case, layout, dtype, reduction, dloss_kind)
+    x0, t0 = x.copy(), np.array(target, copy=True)
+    _freeze(x, target, opts.get("weight"), opts.get("where"))
+    kw = dict(opts)
+    if backend is not None:
+        kw["backend"] = backend
+
+    loss, dx = sc.softmax_cross_entropy_with_grad(x, target, dloss=dloss, **kw)
+    loss_only = sc.softmax_cross_entropy(x, target, **kw)
+    ref_loss, ref_dx = ref.softmax_cross_entropy(x, target, dloss=dloss, **opts)
+
+    # inputs untouched
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(target, t0)
+
+    # types and shapes
+    batch = _batch_shape(x.shape, opts["axis"])
+    dt = np.dtype(dtype)
+    if reduction == "none":
+        assert np.shape(loss) == batch
+        assert np.asarray(loss).dtype == dt
+        if batch:
+            assert isinstance(loss, np.ndarray)
+    else:
+        assert isinstance(loss, np.generic), type(loss)
+        assert loss.dtype == dt, loss.dtype
+        assert np.shape(loss_only) == ()
+    assert isinstance(dx, np.ndarray)
+    assert dx.shape == x.shape
+    assert dx.dtype == dt
+
+    atol, rtol = TOLERANCES[dt]
+    where = f"{case}/{layout}/{reduction}/{dloss_kind}"
+    record_error(dt, "loss", loss, ref_loss, where)
+    record_error(dt, "grad", dx, ref_dx, where)
+    np.testing.assert_allclose(np.asarray(loss, np.float64), ref_loss, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(np.asarray(loss_only, np.float64), ref_loss, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(dx.astype(np.float64), ref_dx, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dloss_kind", [None, "random"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_2d_vs_reference(case, reduction, dtype, dloss_kind):
+    check_fused(case, "2d", dtype, reduction, dloss_kind, backend="numpy")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("layout", ["2d_axis0", "3d_mid", "4d_mid", "1d"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_layouts_vs_reference(case, reduction, layout, dtype):
+    check_fused(case, layout, dtype, reduction, "random")
+
+
+BACKEND_CASES = ["plain", "weight", "ignore", "soft_kl_smooth_weight", "everything_index",
+                 "everything_soft", "where_column"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("case", BACKEND_CASES)
+def test_fused_numpy_backend_3d_vs_reference(case, reduction, dtype):
+    check_fused(case, "3d_mid", dtype, reduction, "random", backend="numpy")
+
+
+# Every numba specialisation costs ~10 s of JIT compilation on a small machine, so by default
+# one combined case runs here (tests/test_numba_kernels.py covers the kernels); set
+# SOFTMAXCE_TEST_NUMBA_GRID=1 for the whole grid against the reference.
+NUMBA_GRID = os.environ.get("SOFTMAXCE_TEST_NUMBA_GRID") == "1"
+NUMBA_PARAMS = (
+    [(c, r, d) for c in BACKEND_CASES for r in REDUCTIONS for d in (np.float32, np.float64)]
+    if NUMBA_GRID else [("everything_index", "none", np.float32)]
+)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA_KERNELS, reason="softmaxce._numba_kernels does not exist")
+@pytest.mark.parametrize(("case", "reduction", "dtype"), NUMBA_PARAMS,
+                         ids=[f"{c}-{r}-{np.dtype(d).name}" for c, r, d in NUMBA_PARAMS])
+def test_fused_numba_backend_vs_reference(case, reduction, dtype):
+    pytest.importorskip("numba")
+    check_fused(case, "3d_mid", dtype, reduction, "random", backend="numba")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_default_backend_auto_vs_reference(case):
+    check_fused(case, "2d", np.float32, "mean", "random", backend="auto")
+
+
+# --- dtype handling ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tdtype", [np.int8, np.uint8, np.int16, np.int32, np.int64, np.uint64])
+def test_integer_target_dtypes(tdtype):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 4))
+    t = np.array([0, 3, 1, 2, 3], dtype=tdtype)
+    loss, dx = sc.softmax_cross_entropy_with_grad(x, t, reduction="none")
+    rl, rdx = ref.softmax_cross_entropy(x, t.astype(np.int64), reduction="none")
+    np.testing.assert_allclose(loss, rl, rtol=1e-12)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("ldtype", [np.int32, np.int64, np.int8])
+def test_integer_logits_promote_to_float64(ldtype):
+    x = np.array([[1, 2, 3], [0, -2, 5]], dtype=ldtype)
+    t = np.array([2, 0])
+    loss, dx = sc.softmax_cross_entropy_with_grad(x, t)
+    assert loss.dtype == np.float64
+    assert dx.dtype == np.float64
+    rl, rdx = ref.softmax_cross_entropy(x, t)
+    np.testing.assert_allclose(loss, rl, rtol=1e-13)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-15)
+    none = sc.softmax_cross_entropy(x, t, reduction="none")
+    assert none.dtype == np.float64
+
+
+def test_float16_soft_target_with_float64_logits():
+    """A soft target of another float dtype is accepted; the result follows the logits."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(4, 6))
+    y = rng.dirichlet(np.ones(6), size=4).astype(np.float16)
+    loss, dx = sc.softmax_cross_entropy_with_grad(x, y)
+    assert loss.dtype == np.float64 and dx.dtype == np.float64
+    rl, rdx = ref.softmax_cross_entropy(x, y)
+    np.testing.assert_allclose(loss, rl, rtol=1e-12)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_float16_32_accumulate_in_float32(dtype):
+    """A long row of equal logits: the loss is log(C). float16 accumulation of 4096 ones would
+    stall at 2048 (log 2048 != log 4096); float32 accumulation gets it right."""
+    C = 4096
+    x = np.zeros((2, C), dtype=dtype)
+    t = np.array([0, C - 1])
+    loss = sc.softmax_cross_entropy(x, t)
+    assert loss.dtype == np.dtype(dtype)
+    atol, rtol = TOLERANCES[np.dtype(dtype)]
+    np.testing.assert_allclose(float(loss), np.log(C), rtol=rtol, atol=atol)
+
+
+# --- dloss forms ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("form", ["float", "np.float32", "np.float64", "0-d array"])
+def test_dloss_scalar_forms(reduction, form):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 3)).astype(np.float32)
+    t = np.array([0, 1, 2, 1])
+    d = -1.75
+    dloss = {"float": d, "np.float32": np.float32(d), "np.float64": np.float64(d),
+             "0-d array": np.array(d)}[form]
+    _, g1 = sc.softmax_cross_entropy_with_grad(x, t, reduction=reduction)
+    _, gd = sc.softmax_cross_entropy_with_grad(x, t, reduction=reduction, dloss=dloss)
+    np.testing.assert_allclose(gd, d * g1, rtol=1e-6, atol=1e-7)
+    _, rg = ref.softmax_cross_entropy(x, t, reduction=reduction, dloss=d)
+    np.testing.assert_allclose(gd, rg, rtol=2e-5, atol=2e-6)
+
+
+def test_dloss_none_means_one():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 2, 5))
+    t = rng.integers(0, 5, size=(3, 2))
+    _, g_none = sc.softmax_cross_entropy_with_grad(x, t, reduction="none")
+    _, g_ones = sc.softmax_cross_entropy_with_grad(x, t, reduction="none", dloss=np.ones((3, 2)))
+    np.testing.assert_array_equal(g_none, g_ones)
+    _, g_mean = sc.softmax_cross_entropy_with_grad(x, t)
+    _, g_mean1 = sc.softmax_cross_entropy_with_grad(x, t, dloss=1.0)
+    np.testing.assert_array_equal(g_mean, g_mean1)
+
+
+def test_dloss_zero_gives_zero_gradient():
+    x = np.random.default_rng(5).normal(size=(3, 4))
+    t = np.array([0, 1, 3])
+    _, g = sc.softmax_cross_entropy_with_grad(x, t, reduction="sum", dloss=0.0)
+    np.testing.assert_array_equal(g, np.zeros_like(x))
+
+
+# --- in place --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", ["plain", "everything_index", "everything_soft", "soft_kl"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_inplace_writes_into_logits(case, reduction, dtype):
+    x, target, opts, dloss = make_case(case, "2d", dtype, reduction, "random", seed=7)
+    x_in = x.copy()
+    loss_a, g_a = sc.softmax_cross_entropy_with_grad(x, target, dloss=dloss, **opts)
+    loss_b, g_b = sc.softmax_cross_entropy_with_grad(x_in, target, dloss=dloss, inplace=True,
+                                                     **opts)
+    assert g_b is x_in
+    assert g_b.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(np.asarray(loss_b), np.asarray(loss_a))
+    atol, rtol = TOLERANCES[np.dtype(dtype)]
+    np.testing.assert_allclose(g_b.astype(np.float64), g_a.astype(np.float64), rtol=rtol,
+                               atol=atol)
+    _, ref_g = ref.softmax_cross_entropy(x, target, dloss=dloss, **opts)
+    np.testing.assert_allclose(x_in.astype(np.float64), ref_g, rtol=rtol, atol=atol)
+
+
+def test_inplace_on_3d_middle_axis_contiguous():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(2, 5, 3))
+    t = rng.integers(0, 5, size=(2, 3))
+    _, ref_g = ref.softmax_cross_entropy(x, t, axis=1)
+    buf = x.copy()
+    _, g = sc.softmax_cross_entropy_with_grad(buf, t, axis=1, inplace=True)
+    assert g is buf
+    np.testing.assert_allclose(buf, ref_g, rtol=1e-10, atol=1e-14)
+
+
+# --- behaviour of special rows -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_ignored_rows_have_zero_loss_and_gradient(reduction):
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(5, 4))
+    t = np.array([1, -100, 2, -100, 0])
+    loss, g = sc.softmax_cross_entropy_with_grad(x, t, reduction="none")
+    assert loss[1] == 0 and loss[3] == 0
+    assert np.all(g[[1, 3]] == 0)
+    loss_m = sc.softmax_cross_entropy(x, t)
+    kept = sc.softmax_cross_entropy(x[[0, 2, 4]], t[[0, 2, 4]])
+    np.testing.assert_allclose(loss_m, kept, rtol=1e-13)
+
+
+def test_ignore_index_in_range_ignores_that_class():
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(6, 4))
+    t = np.array([0, 2, 1, 2, 3, 2])
+    loss, g = sc.softmax_cross_entropy_with_grad(x, t, ignore_index=2)
+    keep = t != 2
+    l2, g2 = sc.softmax_cross_entropy_with_grad(x[keep], t[keep])
+    np.testing.assert_allclose(loss, l2, rtol=1e-13)
+    np.testing.assert_allclose(g[keep], g2, rtol=1e-12, atol=1e-15)
+    assert np.all(g[~keep] == 0)
+
+
+def test_ignore_index_is_not_applied_to_float_targets():
+    """ignore_index concerns integer targets only: a soft row is never ignored."""
+    x = np.array([[0.5, -1.0, 2.0], [1.0, 0.0, -1.0]])
+    y = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    for ii in (0, 2, -100):
+        loss = sc.softmax_cross_entropy(x, y, ignore_index=ii, reduction="none")
+        rl, _ = ref.softmax_cross_entropy(x, y, reduction="none")
+        np.testing.assert_allclose(loss, rl, rtol=1e-13)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_where_row_without_allowed_class_is_like_ignored(soft):
+    x = np.array([[0.3, 1.0, -2.0], [2.0, 0.0, 1.0], [0.0, 0.5, 0.25]])
+    where = np.array([[True, True, False], [False, False, False], [True, True, True]])
+    t = np.array([1, 0, 2])
+    if soft:
+        t = np.array([[0.3, 0.7, 0.0], [0.5, 0.5, 0.0], [0.1, 0.2, 0.7]])
+    loss, g = sc.softmax_cross_entropy_with_grad(x, t, where=where, reduction="none")
+    assert loss[1] == 0
+    assert np.all(g[1] == 0)
+    mean, gm = sc.softmax_cross_entropy_with_grad(x, t, where=where)
+    np.testing.assert_allclose(mean, (loss[0] + loss[2]) / 2, rtol=1e-13)
+    assert np.all(np.isfinite(gm))
+    assert np.all(gm[0, 2] == 0)  # excluded class: gradient 0
+
+
+def test_masked_out_target_class_gives_inf_loss_finite_gradient():
+    x = np.array([[0.3, 1.0, -2.0], [2.0, 0.0, 1.0]])
+    where = np.array([[True, True, False], [True, True, True]])
+    t = np.array([2, 0])
+    loss, g = sc.softmax_cross_entropy_with_grad(x, t, where=where, reduction="none")
+    assert loss[0] == np.inf
+    assert np.isfinite(loss[1])
+    assert np.all(np.isfinite(g))
+    _, rg = ref.softmax_cross_entropy(x, t, where=where, reduction="none")
+    np.testing.assert_allclose(g, rg, rtol=1e-12, atol=1e-15)
+
+
+def test_where_smoothing_spreads_over_allowed_classes_only():
+    """eps / |A_i| on allowed classes: masking a class that has +1e3 logit changes nothing."""
+    x = np.array([[0.2, -0.4, 1.1, 7.0]])
+    where = np.array([[True, True, True, False]])
+    t = np.array([2])
+    eps = 0.3
+    loss = sc.softmax_cross_entropy(x, t, where=where, label_smoothing=eps)
+    sliced = sc.softmax_cross_entropy(x[:, :3], t, label_smoothing=eps)
+    np.testing.assert_allclose(loss, sliced, rtol=1e-13)
+    lp = x[0, :3] - np.log(np.sum(np.exp(x[0, :3])))
+    expected = -(1 - eps) * lp[2] - eps / 3 * lp.sum()
+    np.testing.assert_allclose(loss, expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_empty_batch(reduction):
+    x = np.zeros((0, 4), dtype=np.float32)
+    t = np.zeros((0,), dtype=np.int64)
+    loss, g = sc.softmax_cross_entropy_with_grad(x, t, reduction=reduction)
+    assert loss == 0 and loss.dtype == np.float32
+    assert g.shape == (0, 4) and g.dtype == np.float32
+    none = sc.softmax_cross_entropy(x, t, reduction="none")
+    assert none.shape == (0,)
+
+
+def test_mean_denominator_uses_target_before_smoothing_and_weights():
+    x = np.array([[0.0, 1.0, 2.0], [1.0, -1.0, 0.0], [3.0, 0.0, 0.0]])
+    t = np.array([0, 2, -100])
+    w = np.array([0.5, 1.0, 4.0])
+    eps = 0.2
+    none = sc.softmax_cross_entropy(x, t, weight=w, label_smoothing=eps, reduction="none")
+    mean = sc.softmax_cross_entropy(x, t, weight=w, label_smoothing=eps)
+    np.testing.assert_allclose(mean, (none[0] + none[1]) / (0.5 + 4.0), rtol=1e-13)
+
+
+def test_mean_with_soft_targets_divides_by_weighted_target_mass():
+    x = np.array([[0.0, 1.0, 2.0], [1.0, -1.0, 0.0]])
+    y = np.array([[0.2, 0.3, 0.5], [2.0, 0.0, 0.0]])  # the second row sums to 2
+    w = np.array([1.5, 1.0, 0.5])
+    none = sc.softmax_cross_entropy(x, y, weight=w, reduction="none")
+    mean = sc.softmax_cross_entropy(x, y, weight=w)
+    W = 1.5 * 0.2 + 0.3 + 0.5 * 0.5 + 1.5 * 2.0
+    np.testing.assert_allclose(mean, none.sum() / W, rtol=1e-13)
+
+
+def test_zero_weight_sum_gives_zero_not_nan():
+    """Every target class has weight 0: W = 0 -> loss 0 and gradient 0, even with smoothing."""
+    x = np.array([[0.0, 1.0, 2.0], [1.0, -1.0, 0.0]])
+    t = np.array([0, 0])
+    w = np.array([0.0, 1.0, 1.0])
+    loss, g = sc.softmax_cross_entropy_with_grad(x, t, weight=w, label_smoothing=0.1)
+    assert loss == 0 and not np.isnan(loss)
+    assert np.all(g == 0)
+
+
+def test_soft_target_gradient_exact_for_unnormalized_rows():
+    """SPEC: the gradient is p * sum(q) - q, not p - q."""
+    x = np.array([[0.1, 0.7, -0.3]])
+    y = np.array([[0.5, 1.0, 1.5]])
+    _, g = sc.softmax_cross_entropy_with_grad(x, y, reduction="sum")
+    p = np.exp(x - np.log(np.exp(x).sum()))
+    np.testing.assert_allclose(g, p * 3.0 - y, rtol=1e-12, atol=1e-15)
+
+
+def test_nan_and_posinf_logits_give_nan_loss_without_error():
+    x = np.array([[0.0, np.nan, 1.0], [0.0, np.inf, 1.0], [0.0, 1.0, 2.0]])
+    t = np.array([0, 2, 1])
+    none = sc.softmax_cross_entropy(x, t, reduction="none")
+    assert np.isnan(none[0]) and np.isnan(none[1]) and np.isfinite(none[2])
+    assert np.isnan(sc.softmax_cross_entropy(x, t))
+    loss, _ = sc.softmax_cross_entropy_with_grad(x, t, reduction="sum")
+    assert np.isnan(loss)
+
+
+def test_neginf_logit_on_non_target_is_harmless():
+    x = np.array([[0.0, -np.inf, 1.0]])
+    loss, g = sc.softmax_cross_entropy_with_grad(x, np.array([2]), reduction="sum")
+    np.testing.assert_allclose(loss, np.log1p(np.exp(-1.0)), rtol=1e-14)
+    assert g[0, 1] == 0
+    np.testing.assert_allclose(g[0], [1 / (1 + np.e), 0.0, -1 / (1 + np.e)], rtol=1e-14)
+
+
+def test_list_inputs_are_accepted():
+    loss = sc.softmax_cross_entropy([[1.0, 2.0, 3.0]], [2])
+    rl, _ = ref.softmax_cross_entropy(np.array([[1.0, 2.0, 3.0]]), np.array([2]))
+    np.testing.assert_allclose(loss, rl, rtol=1e-13)
+
+
+def test_soft_target_mass_on_masked_class_gives_inf():
+    x = np.array([[0.3, 1.0, -2.0], [2.0, 0.0, 1.0]])
+    where = np.array([[True, True, False], [True, True, True]])
+    y = np.array([[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]])
+    loss, g = sc.softmax_cross_entropy_with_grad(x, y, where=where, reduction="none")
+    assert loss[0] == np.inf
+    assert np.isfinite(loss[1])
+    assert np.all(np.isfinite(g))
+    _, rg = ref.softmax_cross_entropy(x, y, where=where, reduction="none")
+    np.testing.assert_allclose(g, rg, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_where_row_mask_broadcast(dtype):
+    """where of shape (N, 1): rows switched off entirely behave like ignored rows."""
+    rng = np.random.default_rng(22)
+    x = rng.normal(size=(5, 4)).astype(dtype)
+    t = np.array([0, 1, 2, 3, 0])
+    rowmask = np.array([[True], [False], [True], [False], [True]])
+    loss, g = sc.softmax_cross_entropy_with_grad(x, t, where=rowmask, label_smoothing=0.1)
+    keep = rowmask[:, 0]
+    l2, g2 = sc.softmax_cross_entropy_with_grad(x[keep], t[keep], label_smoothing=0.1)
+    atol, rtol = TOLERANCES[np.dtype(dtype)]
+    np.testing.assert_allclose(float(loss), float(l2), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(g[keep].astype(np.float64), g2.astype(np.float64), rtol=rtol,
+                               atol=atol)
+    assert np.all(g[~keep] == 0)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_auto_backend_on_a_larger_problem(soft):
+    """Large enough for "auto" to pick a fused kernel if it wants: still the reference."""
+    rng = np.random.default_rng(23)
+    N, C = 48, 301
+    x = (rng.normal(size=(N, C)) * 4).astype(np.float32)
+    if soft:
+        target = rng.dirichlet(np.ones(C) * 0.3, size=N).astype(np.float32)
+    else:
+        target = rng.integers(0, C, size=N)
+        target[::7] = -100
+    opts = {"weight": rng.uniform(0.5, 2, C), "label_smoothing": 0.05, "z_loss": 1e-3}
+    loss, g = sc.softmax_cross_entropy_with_grad(x, target, **opts)
+    rl, rg = ref.softmax_cross_entropy(x, target, **opts)
+    atol, rtol = TOLERANCES[np.dtype(np.float32)]
+    record_error(np.float32, "loss", loss, rl, "auto/large")
+    record_error(np.float32, "grad", g, rg, "auto/large")
+    np.testing.assert_allclose(float(loss), rl, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(g.astype(np.float64), rg, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("kl", [False, True])
+@pytest.mark.parametrize("soft", [False, True])
+def test_full_smoothing_with_masked_target_is_finite(soft, kl):
+    """eps = 1 puts (1 - eps) = 0 on a masked-out target class: q is uniform over the allowed
+    classes and the loss is finite (0 * inf terms are 0)."""
+    x = np.array([[0.3, 1.0, -2.0, 0.5], [2.0, 0.0, 1.0, -1.0]])
+    where = np.array([[True, True, False, True], [True, False, True, True]])
+    t = np.array([2, 1])
+    target = np.eye(4)[t] if soft else t
+    opts = {"where": where, "label_smoothing": 1.0, "reduction": "none"}
+    if kl:
+        opts["soft_target_loss"] = "kl-divergence"
+    loss, g = sc.softmax_cross_entropy_with_grad(x, target, **opts)
+    rl, rg = ref.softmax_cross_entropy(x, target, **opts)
+    assert np.all(np.isfinite(loss))
+    np.testing.assert_allclose(loss, rl, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(g, rg, rtol=1e-12, atol=1e-15)
