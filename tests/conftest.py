@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+from hypothesis import settings
 from reference import WORST_ERRORS
+
+# Locally hypothesis explores new examples each run; CI (CI=true) draws the same ones every
+# time, so that a red CI is always reproducible and never a roll of the dice.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -611,7 +611,9 @@ def cross_entropy_vjp(
     _, grad = _core.ce_rows(
         rows.x2, rows.target, weight=rows.weight, ignore_index=rows.ignore_index, row_scale=scale
     )
-    return rows.to_layout(grad.astype(rows.x.dtype, copy=False))  # type: ignore[union-attr]
+    with np.errstate(over="ignore"):  # -1/p beyond the float16 range is -inf, correctly
+        grad = grad.astype(rows.x.dtype, copy=False)  # type: ignore[union-attr]
+    return rows.to_layout(grad)
 
 
 # --------------------------------------------------------------------------------------------
