@@ -100,7 +100,9 @@ def label_smoothing(value: Any) -> float:
 
 def z_loss(value: Any) -> float:
     z = real_scalar(value, "z_loss")
-    if not (z >= 0.0 and math.isfinite(z)):
+    # Comparisons, not math.isfinite: torch.compile(dynamic=True) traces the torch front end's
+    # float options symbolically and cannot trace math.isfinite on them. NaN fails both.
+    if not (z >= 0.0 and z < math.inf):
         msg = f"z_loss must be a finite number >= 0, got {z!r}"
         raise ValueError(msg)
     return z
@@ -110,7 +112,7 @@ def softcap(value: Any) -> float | None:
     if value is None:
         return None
     cap = real_scalar(value, "softcap")
-    if not (cap > 0.0 and math.isfinite(cap)):
+    if not (cap > 0.0 and cap < math.inf):  # (as in z_loss)
         msg = f"softcap must be None or a finite number > 0, got {cap!r}"
         raise ValueError(msg)
     return cap
