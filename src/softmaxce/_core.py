@@ -179,9 +179,10 @@ def fused_rows(
     eps = label_smoothing
     soft = target.ndim == 2
     with np.errstate(**_ERRSTATE):
-        # Workspace for z - m and then the gradient: the output buffer itself when it has the
-        # accumulation dtype (no extra N x C allocation); with a softcap x must survive.
-        if grad_out is not None and grad_out.dtype == acc and softcap is None:
+        # Workspace for z - m and then the gradient: the output buffer itself when a gradient
+        # is wanted and it has the accumulation dtype (no extra N x C allocation); with a
+        # softcap x must survive.
+        if row_scale is not None and grad_out is not None and grad_out.dtype == acc and not softcap:
             z = grad_out
             if z is not x:
                 np.copyto(z, x)

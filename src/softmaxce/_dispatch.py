@@ -1,13 +1,14 @@
 """Choosing the row kernel for the fused loss: a plain ``if`` chain, numba imported lazily.
 
 ``"numpy"`` is the core; ``"numba"`` is the fused CPU kernel and raises if numba is missing;
-``"auto"`` takes the kernel when it is installed, covers the input and the problem is large
-enough to pay for the call, else the core. Inputs the kernel does not cover fall back to the
-core under ``"numba"`` too (the kernel's ``supports`` says which).
+``"auto"`` takes the kernel when it is installed, covers the input, and is either already
+loaded or worth loading for a problem this large; else the core. Inputs the kernel does not
+cover fall back to the core under ``"numba"`` too (the kernel's ``supports`` says which).
 """
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 from typing import Any
 
@@ -15,9 +16,12 @@ import numpy as np
 
 from . import _core
 
-# Below this many logits (N * C) "auto" keeps the NumPy core: the kernel call's fixed cost is
-# not worth it. Measured with benchmarks/bench_fused.py; see the README's table.
+# Below this many logits (N * C) "auto" keeps the NumPy core unless the kernel is already
+# loaded: importing numba and loading the cached kernel costs about 0.75 s once, which a user
+# of small problems should not pay. Once loaded, the kernel is faster at every size (72 us vs
+# 216 us at 64 x 10; benchmarks/bench_fused.py).
 AUTO_MIN_SIZE = 4096
+_KERNELS = __name__.rpartition(".")[0] + "._numba_kernels"
 
 
 def numba_kernels() -> ModuleType | None:
@@ -40,7 +44,8 @@ def select(
     **_: Any,
 ):
     """The row kernel (``fused_rows`` of docs/internals.md) for this problem."""
-    if backend == "numpy" or (backend == "auto" and x.size < AUTO_MIN_SIZE):
+    small = x.size < AUTO_MIN_SIZE and _KERNELS not in sys.modules
+    if backend == "numpy" or (backend == "auto" and small):
         return _core.fused_rows  # small problems never pay numba's import or compile
     kernels = numba_kernels()
     if kernels is None:

@@ -1,0 +1,99 @@
+"""Which row kernel runs: backend="auto" / "numpy" / "numba", and every fallback to the core."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import softmaxce as sc
+from softmaxce import _core, _dispatch
+
+nk = pytest.importorskip("softmaxce._numba_kernels")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Spies on both kernels: the list of kernel names in the order they ran."""
+    seen: list[str] = []
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            seen.append(name)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(_core, "fused_rows", spy("numpy", _core.fused_rows))
+    monkeypatch.setattr(nk, "fused_rows", spy("numba", nk.fused_rows))
+    return seen
+
+
+def problem(n=64, c=10, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, c)) * 3).astype(dtype), rng.integers(0, c, n)
+
+
+def test_explicit_numpy_runs_the_core(calls):
+    x, t = problem(512, 100)
+    sc.softmax_cross_entropy_with_grad(x, t, backend="numpy")
+    assert calls == ["numpy"]
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_explicit_numba_runs_the_kernel_and_agrees(calls, inplace):
+    x, t = problem()
+    ref_loss, ref_g = sc.softmax_cross_entropy_with_grad(x, t, backend="numpy")
+    loss, g = sc.softmax_cross_entropy_with_grad(x.copy(), t, backend="numba", inplace=inplace)
+    assert calls == ["numpy", "numba"]
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    np.testing.assert_allclose(g, ref_g, atol=1e-7)
+
+
+def test_auto_takes_the_kernel_for_a_large_problem(calls):
+    x, t = problem(256, 1000)
+    sc.softmax_cross_entropy_with_grad(x, t)
+    assert calls == ["numba"]
+
+
+def test_non_contiguous_logits_fall_back_to_the_core(calls):
+    x, t = problem(64, 20)
+    view = x[:, ::2]  # classes last but strided: the kernel wants C-contiguous rows
+    loss, g = sc.softmax_cross_entropy_with_grad(view, t % 10, backend="numba")
+    assert calls == ["numpy"]
+    ref_loss, ref_g = sc.softmax_cross_entropy_with_grad(np.ascontiguousarray(view), t % 10)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+    np.testing.assert_allclose(g, ref_g, atol=1e-7)
+
+
+def test_longdouble_logits_fall_back_to_the_core(calls):
+    x, t = problem(8, 5, dtype=np.longdouble)
+    loss, _ = sc.softmax_cross_entropy_with_grad(x, t, backend="numba")
+    assert calls == ["numpy"]
+    assert loss.dtype == np.longdouble
+
+
+def test_missing_numba_raises_for_explicit_and_falls_back_for_auto(calls, monkeypatch):
+    monkeypatch.setattr(_dispatch, "numba_kernels", lambda: None)
+    x, t = problem(256, 1000)
+    with pytest.raises(ImportError, match="numba"):
+        sc.softmax_cross_entropy(x, t, backend="numba")
+    sc.softmax_cross_entropy(x, t, backend="auto")
+    assert calls == ["numpy"]
+
+
+def test_auto_keeps_small_problems_off_numba_until_it_is_loaded():
+    """A fresh process calling a small problem never imports numba; a large call loads it."""
+    code = (
+        "import sys, numpy as np, softmaxce as sc\n"
+        "x = np.zeros((64, 10), np.float32); t = np.zeros(64, np.int64)\n"
+        "sc.softmax_cross_entropy_with_grad(x, t)\n"
+        "print('numba' in sys.modules)\n"
+        "sc.softmax_cross_entropy_with_grad(np.zeros((256, 1000), np.float32),"
+        " np.zeros(256, np.int64))\n"
+        "print('numba' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
