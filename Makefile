@@ -31,8 +31,12 @@ test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check src
+
 bench: $(VENV)/.installed-bench
-	$(BIN)/python benchmarks/bench_fused.py
+	$(BIN)/softmaxce bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

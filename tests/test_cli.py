@@ -57,6 +57,40 @@ def test_check_fails_on_a_wrong_gradient(monkeypatch):
     assert "FAIL" in text
 
 
+def test_bench_writes_table_csv_and_png(tmp_path, capsys):
+    out = tmp_path / "bench"
+    code = _cli.main(
+        [
+            "bench",
+            "--sizes",
+            "16x5,32x7",
+            "--providers",
+            "numba,numpy,numpy_plain,copy",
+            "--modes",
+            "forward,full",
+            "--repeats",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "[2/2] size 32 x 7 done" in text  # progress, one line per size
+    rows = (out / "fused.csv").read_text().splitlines()
+    assert rows[0].startswith("N,C,provider,mode,median_ms")
+    # 2 sizes x (numba 2 modes + numpy 2 + numpy_plain 2 + copy 2)
+    assert len(rows) == 1 + 2 * 8
+    assert (out / "fused.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_bad_size_names_the_option(capsys):
+    with pytest.raises(SystemExit) as info:
+        _cli.main(["bench", "--sizes", "64by10"])
+    assert info.value.code == 2
+    assert "--sizes" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [

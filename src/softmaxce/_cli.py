@@ -328,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
+    # "bench" hands its arguments to the benchmark harness (main() below); listed here for --help.
+    sub.add_parser(
+        "bench",
+        help="time softmaxce against NumPy, PyTorch and JAX; table, CSV and plot "
+        "(softmaxce bench --help)",
+        add_help=False,
+    )
+
     check = sub.add_parser(
         "check",
         help="list backends and front ends, run gradient checks of every public operation",
@@ -340,5 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, stream: TextIO | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from . import _bench
+
+        return int(_bench.main(argv[1:], prog="softmaxce bench") or 0)
     args = build_parser().parse_args(argv)
     return int(args.func(args, Terminal(stream)))
