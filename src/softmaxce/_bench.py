@@ -466,7 +466,10 @@ def plot(rows, path, header):
         ax.set_ylabel("median wall time [ms] (log)")
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(header, fontsize=9)
+    import textwrap
+
+    width = 60 * len(modes) + 40  # characters that fit across the figure at this font size
+    fig.suptitle(textwrap.fill(header, width), fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
