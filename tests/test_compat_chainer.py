@@ -9,6 +9,7 @@ from test_compat_common import (
     assert_raises_named,
     count,
     golden_params,
+    handled,
     readonly_inputs,
     rounded,
     summary,
@@ -149,15 +150,7 @@ def _soft_rows_sum_to_one(case):
 @pytest.mark.parametrize("case", golden_params(FW))
 def test_golden(case):
     inputs = readonly_inputs(case)
-    if case["id"] in DIFFERENCES:
-        DIFFERENCES[case["id"]](case, inputs)
-        count(FW, "differences")
-        return
-    if case["error"] is not None:
-        assert case["id"] in ERRORS, f"new golden error case {case['id']}: {case['error']}"
-        with pytest.raises(ERRORS[case["id"]]):
-            _call(case, inputs, None)
-        count(FW, "errors")
+    if handled(FW, case, inputs, DIFFERENCES, ERRORS, lambda: _call(case, inputs, None)):
         return
     if not _soft_rows_sum_to_one(case):
         diff_soft_gradient(case, inputs)

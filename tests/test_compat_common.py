@@ -70,6 +70,27 @@ def count(framework: str, kind: str) -> None:
     _stats(framework)[kind] += 1
 
 
+def handled(framework: str, case: dict, inputs: dict, differences: dict, errors: dict,
+            call) -> bool:
+    """Run a documented difference or an expected-error case; True when the case is done.
+
+    ``differences`` maps case ids to checks of our deliberate behaviour; ``errors`` maps the
+    golden error cases to the exception we raise (an unlisted error case fails); ``call()``
+    runs our function on the case's inputs.
+    """
+    if case["id"] in differences:
+        differences[case["id"]](case, inputs)
+        count(framework, "differences")
+        return True
+    if case["error"] is not None:
+        assert case["id"] in errors, f"new golden error case {case['id']}: {case['error']}"
+        with pytest.raises(errors[case["id"]]):
+            call()
+        count(framework, "errors")
+        return True
+    return False
+
+
 def assert_close(framework: str, case: dict, what: str, actual, expected, dtype=None) -> None:
     """NaN/inf-aware comparison at the case's dtype tolerance; records the largest error.
 

@@ -11,6 +11,7 @@ from test_compat_common import (
     assert_raises_named,
     count,
     golden_params,
+    handled,
     readonly_inputs,
     rounded,
     summary,
@@ -81,15 +82,7 @@ DIFFERENCES = {
 @pytest.mark.parametrize("case", golden_params(FW))
 def test_golden(case):
     inputs = readonly_inputs(case)
-    if case["id"] in DIFFERENCES:
-        DIFFERENCES[case["id"]](case, inputs)
-        count(FW, "differences")
-        return
-    if case["error"] is not None:
-        assert case["id"] in ERRORS, f"new golden error case {case['id']}: {case['error']}"
-        with pytest.raises(ERRORS[case["id"]]):
-            _call(case, inputs, None)
-        count(FW, "errors")
+    if handled(FW, case, inputs, DIFFERENCES, ERRORS, lambda: _call(case, inputs, None)):
         return
     out = softmax_crossentropy(inputs["x"], inputs["y_true"], **case["args"])
     assert_close(FW, case, "out", out, case["out"])
