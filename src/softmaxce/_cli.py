@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 import time
@@ -242,6 +243,23 @@ def _checks(rng: np.random.Generator) -> list[tuple[str, Callable[[], tuple[bool
         ("ops: LogSoftmax", log_softmax_op),
         ("ops: Softmax + CrossEntropy == SoftmaxCrossEntropy", ops_chain),
     ]
+    if importlib.util.find_spec("torch") is not None:
+
+        def torch_front_end() -> tuple[bool, float]:
+            import torch
+
+            from .torch import cross_entropy as torch_ce
+
+            tx = torch.tensor(x, requires_grad=True)
+            tt = torch.tensor(t)
+            torch_ce(tx, tt, label_smoothing=0.1, z_loss=1e-3).backward()
+            return fd(
+                lambda a: float(torch_ce(torch.tensor(a), tt, label_smoothing=0.1, z_loss=1e-3)),
+                tx.grad.numpy(),  # type: ignore[union-attr]
+                x,
+            )
+
+        checks.append(("softmaxce.torch.cross_entropy (autograd)", torch_front_end))
     backends = ["numpy"] + (["numba"] if _dispatch.numba_kernels() is not None else [])
     w = rng.random(5) + 0.5
     mask = np.ones((3, 5), dtype=bool)
