@@ -97,3 +97,68 @@ def test_auto_keeps_small_problems_off_numba_until_it_is_loaded():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+ROWS = {"softmax": "softmax_rows", "log_softmax": "log_softmax_rows", "logsumexp": "logsumexp_rows"}
+
+
+@pytest.fixture
+def row_calls(monkeypatch):
+    seen: list[str] = []
+    for name in ROWS.values():
+        fn = getattr(nk, name)
+
+        def spy(*args, _name=name, _fn=fn):
+            seen.append(_name)
+            return _fn(*args)
+
+        monkeypatch.setattr(nk, name, spy)
+    return seen
+
+
+def extreme_rows(dtype):
+    x = problem(64, 100, dtype=dtype, seed=3)[0] * 4
+    x[0] = -np.inf  # a row of -inf: NaN softmax, -inf logsumexp (as the core)
+    x[1, 5] = 1e30  # one dominant logit
+    x[2, :3] = np.inf  # +inf: NaN
+    x[3, 7] = np.nan
+    x[4] = 0.0  # ties everywhere
+    return x
+
+
+@pytest.mark.parametrize("fn", sorted(ROWS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_family_runs_the_kernel_and_agrees_with_the_core(fn, dtype, row_calls):
+    x = extreme_rows(dtype)
+    got = getattr(sc, fn)(x)
+    assert row_calls == [ROWS[fn]]
+    want = getattr(_core, fn)(*((x, 1, False, None) if fn == "logsumexp" else (x, 1, None)))
+    assert got.dtype == want.dtype and got.shape == want.shape
+    tol = {"rtol": 4e-7, "atol": 1e-7} if dtype == np.float32 else {"rtol": 1e-14, "atol": 1e-15}
+    np.testing.assert_allclose(got, want, equal_nan=True, **tol)
+    if fn == "logsumexp":
+        np.testing.assert_array_equal(sc.logsumexp(x, keepdims=True), got[:, None])
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["where", "class axis first", "read-only", "float16", "non-contiguous"],
+)
+def test_softmax_family_falls_back_to_the_core(case, row_calls):
+    x = extreme_rows(np.float32)
+    kwargs = {}
+    if case == "where":
+        kwargs["where"] = np.ones(x.shape, dtype=bool)
+    elif case == "class axis first":
+        x = np.ascontiguousarray(x.T)
+        kwargs["axis"] = 0
+    elif case == "read-only":
+        x.flags.writeable = False
+    elif case == "float16":
+        with np.errstate(over="ignore"):  # 1e30 becomes inf in float16
+            x = x.astype(np.float16)
+    else:
+        x = np.repeat(x, 2, axis=1)[:, ::2]
+    for fn in ROWS:
+        getattr(sc, fn)(x, **kwargs)
+    assert row_calls == []

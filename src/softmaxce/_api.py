@@ -65,6 +65,10 @@ def softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> np.ndarray:
     IMA J. Numer. Anal. 41 (2021).
     """
     arr, ax, mask = _unary(x, axis, where)
+    kernels = _dispatch.rows_kernels(arr, ax, mask)
+    if kernels is not None:
+        x2 = arr.reshape(-1, arr.shape[-1])
+        return kernels.softmax_rows(x2, np.empty_like(x2)).reshape(arr.shape)
     return _core.softmax(arr, ax, mask)
 
 
@@ -82,6 +86,10 @@ def log_softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> np.ndarray:
     array([-1000000., -1000000.,        0.])
     """
     arr, ax, mask = _unary(x, axis, where)
+    kernels = _dispatch.rows_kernels(arr, ax, mask)
+    if kernels is not None:
+        x2 = arr.reshape(-1, arr.shape[-1])
+        return kernels.log_softmax_rows(x2, np.empty_like(x2)).reshape(arr.shape)
     return _core.log_softmax(arr, ax, mask)
 
 
@@ -103,6 +111,10 @@ def logsumexp(
     1.386294361120
     """
     arr, ax, mask = _unary(x, axis, where)
+    kernels = _dispatch.rows_kernels(arr, ax, mask)
+    if kernels is not None:
+        out = kernels.logsumexp_rows(arr.reshape(-1, arr.shape[-1])).reshape(arr.shape[:-1])
+        return out[..., None] if keepdims else out
     return _core.logsumexp(arr, ax, bool(keepdims), mask)
 
 

@@ -58,3 +58,22 @@ def select(
     if not kernels.supports(x, target, where=where, weight=weight, grad_out=grad_out):
         return _core.fused_rows
     return kernels.fused_rows
+
+
+def rows_kernels(x: np.ndarray, axis: int, where: np.ndarray | None) -> ModuleType | None:
+    """The kernel module for softmax / log_softmax / logsumexp of ``x``, or None for the core.
+
+    Taken (as under "auto" for the loss) when numba is installed, the problem is large or the
+    kernel already loaded, and ``x`` is float32/float64, C-contiguous, writable (numba types
+    read-only arrays apart), with the class axis last and no ``where`` mask; anything else
+    stays on the core.
+    """
+    if where is not None or axis != x.ndim - 1:
+        return None
+    if not (x.flags.c_contiguous and x.flags.writeable):
+        return None
+    if x.dtype not in (np.float32, np.float64):
+        return None
+    if x.size < AUTO_MIN_SIZE and _KERNELS not in sys.modules:
+        return None
+    return numba_kernels()
