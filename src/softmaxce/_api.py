@@ -127,10 +127,6 @@ def _vjp_inputs(a: Any, dy: Any, axis: Any, name_a: str):
     return arr, d, ax
 
 
-def _out_dtype(*arrays: np.ndarray) -> np.dtype:
-    return np.result_type(*arrays)
-
-
 def softmax_vjp(y: Any, dy: Any, /, *, axis: int = -1) -> np.ndarray:
     r"""Vector-Jacobian product of the softmax: ``dx = y * (dy - sum(y * dy))``.
 
@@ -149,7 +145,7 @@ def softmax_vjp(y: Any, dy: Any, /, *, axis: int = -1) -> np.ndarray:
     array([0., 0., 0.])
     """
     arr, d, ax = _vjp_inputs(y, dy, axis, "y")
-    return _core.softmax_vjp(arr, d, ax).astype(_out_dtype(arr, d), copy=False)
+    return _core.softmax_vjp(arr, d, ax).astype(np.result_type(arr, d), copy=False)
 
 
 def log_softmax_vjp(logp: Any, dy: Any, /, *, axis: int = -1) -> np.ndarray:
@@ -166,7 +162,7 @@ def log_softmax_vjp(logp: Any, dy: Any, /, *, axis: int = -1) -> np.ndarray:
     array([-0.5,  0.5])
     """
     arr, d, ax = _vjp_inputs(logp, dy, axis, "logp")
-    return _core.log_softmax_vjp(arr, d, ax).astype(_out_dtype(arr, d), copy=False)
+    return _core.log_softmax_vjp(arr, d, ax).astype(np.result_type(arr, d), copy=False)
 
 
 def softmax_jacobian(y: Any, /, *, axis: int = -1) -> np.ndarray:
@@ -230,9 +226,10 @@ class _Rows:
                 _core.target_mass(self.target, self.weight, self.ignore_index, valid).sum()
             )
         elif self.mean_by == "valid":
-            total = float(_core.target_mass(self.target, None, self.ignore_index, valid).sum())
             if self.target.ndim == 2:  # soft targets have no ignored positions
                 total = float(valid.sum())
+            else:
+                total = float(_core.target_mass(self.target, None, self.ignore_index, valid).sum())
         elif self.mean_by == "positions":
             total = float(n)
         else:
@@ -398,7 +395,7 @@ def fused(
     grad2 = x2 if inplace else np.empty(x2.shape, dtype=grad_dtype or rows.x.dtype)
     kernel = _dispatch.select(backend, x2, rows.target, grad_out=grad2, **opts)
     loss_rows = kernel(x2, rows.target, row_scale=scale, grad_out=grad2, **opts)
-    loss = rows.reduce(loss_rows, total if rows.reduction == "mean" else None)
+    loss = rows.reduce(loss_rows, total)
     if inplace:
         if not np.may_share_memory(grad2, logits):
             np.copyto(logits, rows.to_layout(grad2))
