@@ -3,12 +3,14 @@ argument (and, for labels, the bad value and its position); never a bare IndexEr
 
 from __future__ import annotations
 
+import importlib.util
 import re
 
 import numpy as np
 import pytest
 
 import softmaxce as sc
+from softmaxce import ops
 
 X = np.random.default_rng(0).normal(size=(4, 3))
 P = np.full((4, 3), 1 / 3)
@@ -435,3 +437,255 @@ def test_nan_inf_logits_are_not_errors(bad):
     assert np.isnan(fused(x=x))
     loss, _ = fused_grad(x=x, reduction="none")
     assert np.isnan(loss[1]) and np.all(np.isfinite(np.delete(loss, 1)))
+
+
+# --- ignore_index beyond int64 (issue 9, item 4) -----------------------------------------------
+
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+BACKENDS = [
+    "numpy",
+    pytest.param("numba", marks=pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing")),
+]
+OUTSIDE_INT64 = [2**63, -(2**63) - 1, np.uint64(2**64 - 1), 10**30]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ignore", OUTSIDE_INT64, ids=str)
+def test_ignore_index_outside_int64_ignores_nothing_on_every_backend(ignore, backend):
+    # No int64 label can equal it: the result is that of an ignore_index no label uses.
+    t = np.array([0, 2, 1, 2, 0, 1])
+    x = np.random.default_rng(1).normal(size=(6, 3)).astype(np.float32)
+    want = sc.softmax_cross_entropy_with_grad(x, t, backend=backend)
+    got = sc.softmax_cross_entropy_with_grad(x, t, ignore_index=ignore, backend=backend)
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1], want[1])
+    assert sc.softmax_cross_entropy(x, t, ignore_index=ignore, backend=backend) == want[0]
+
+
+@pytest.mark.parametrize("ignore", [2**63, -(2**63)], ids=str)
+def test_ignore_index_that_ignores_nothing_never_excuses_a_label(ignore):
+    # -2**63 is the sentinel the kernels receive for "nothing ignored": a label equal to it is
+    # out of range, not ignored, and the message offers no ignore_index.
+    t = np.array([0, -(2**63), 1, 2])
+    with pytest.raises(ValueError, match="target") as excinfo:
+        fused(t=t, ignore_index=ignore)
+    msg = str(excinfo.value)
+    assert str(-(2**63)) in msg and "(1,)" in msg and "ignore_index" not in msg
+
+
+@pytest.mark.parametrize("path", ["fused", "pure-pytorch"])
+def test_torch_ignore_index_outside_int64_ignores_nothing(path):
+    torch = pytest.importorskip("torch")
+    import softmaxce.torch as sct
+
+    x = torch.tensor(X, requires_grad=True)
+    t = torch.tensor(T)
+    # A weight that requires grad takes the pure-PyTorch path; otherwise the fused kernel.
+    w = torch.ones(3, dtype=torch.float64, requires_grad=path == "pure-pytorch")
+    want = sct.cross_entropy(x, t, w)
+    (g_want,) = torch.autograd.grad(want, x)
+    for ignore in OUTSIDE_INT64:
+        got = sct.cross_entropy(x, t, w, ignore_index=int(ignore))
+        (g_got,) = torch.autograd.grad(got, x)
+        assert torch.equal(got, want) and torch.equal(g_got, g_want)
+        with torch.no_grad():
+            assert torch.equal(sct.cross_entropy(x, t, w, ignore_index=int(ignore)), want)
+
+
+# --- in place: no other argument may share the logits' memory (item 10) -----------------------
+
+
+def _buffer():
+    return np.random.default_rng(2).normal(size=(4, 3))
+
+
+@pytest.mark.parametrize(
+    ("name", "make_kwargs"),
+    [
+        ("target", lambda x: {"target": x}),
+        ("target", lambda x: {"target": x[::-1]}),
+        ("weight", lambda x: {"weight": x[1]}),
+        ("where", lambda x: {"where": x.view(np.uint8)[:, ::8].view(bool)}),
+        ("dloss", lambda x: {"dloss": x[:, 0], "reduction": "none"}),
+    ],
+    ids=["soft_target_is_logits", "soft_target_reversed_view", "weight_row", "where", "dloss"],
+)
+def test_inplace_rejects_an_argument_sharing_the_logits_memory(name, make_kwargs):
+    x = _buffer()
+    before = x.copy()
+    kwargs = make_kwargs(x)
+    target = kwargs.pop("target", T)
+    if name == "where":
+        x[:] = np.abs(x) + 1.0  # every byte read as a bool is True (nonzero)
+        before = x.copy()
+    with pytest.raises(ValueError, match=rf"inplace.*\b{name}\b shares memory"):
+        sc.softmax_cross_entropy_with_grad(x, target, inplace=True, **kwargs)
+    np.testing.assert_array_equal(x, before)  # nothing written
+
+
+def test_inplace_accepts_a_disjoint_view_of_the_same_buffer():
+    buf = np.abs(_buffer()).reshape(2, 2, 3)
+    buf[1] /= buf[1].sum(-1, keepdims=True)
+    x, q = buf[0], buf[1]  # logits and a soft target, side by side in one allocation
+    want = sc.softmax_cross_entropy_with_grad(x.copy(), q.copy())
+    loss, grad = sc.softmax_cross_entropy_with_grad(x, q, inplace=True)
+    assert grad is x and loss == want[0]
+    np.testing.assert_array_equal(grad, want[1])
+
+
+# --- argument conversion: ragged lists, masked arrays, tensors (items 16, 17) ------------------
+
+
+ARRAY_ARGS = {
+    # function: {argument: call with that argument replaced}
+    "softmax": {"x": lambda a: sc.softmax(a), "where": lambda a: sc.softmax(X, where=a)},
+    "log_softmax": {"x": lambda a: sc.log_softmax(a)},
+    "logsumexp": {"x": lambda a: sc.logsumexp(a), "where": lambda a: sc.logsumexp(X, where=a)},
+    "softmax_vjp": {"y": lambda a: sc.softmax_vjp(a, X), "dy": lambda a: sc.softmax_vjp(P, a)},
+    "log_softmax_vjp": {"logp": lambda a: sc.log_softmax_vjp(a, X)},
+    "softmax_jacobian": {"y": lambda a: sc.softmax_jacobian(a)},
+    "cross_entropy": {
+        "probs": lambda a: sc.cross_entropy(a, T),
+        "target": lambda a: sc.cross_entropy(P, a),
+        "weight": lambda a: sc.cross_entropy(P, T, weight=a),
+    },
+    "cross_entropy_vjp": {"dloss": lambda a: sc.cross_entropy_vjp(P, T, a, reduction="none")},
+    "softmax_cross_entropy": {
+        "logits": lambda a: sc.softmax_cross_entropy(a, T),
+        "target": lambda a: sc.softmax_cross_entropy(X, a),
+        "weight": lambda a: sc.softmax_cross_entropy(X, T, weight=a),
+        "where": lambda a: sc.softmax_cross_entropy(X, T, where=a),
+    },
+    "with_grad": {
+        "logits": lambda a: sc.softmax_cross_entropy_with_grad(a, T),
+        "dloss": lambda a: sc.softmax_cross_entropy_with_grad(X, T, dloss=a, reduction="none"),
+    },
+    "numerical_gradient": {"x": lambda a: sc.numerical_gradient(np.sum, a)},
+}
+ARRAY_CASES = [(fn, arg) for fn, args in ARRAY_ARGS.items() for arg in args]
+ARRAY_IDS = [f"{fn}-{arg}" for fn, arg in ARRAY_CASES]
+# A valid value of each argument, to be masked or made ragged.
+VALID = {"x": X, "y": P, "dy": X, "logp": np.log(P), "probs": P, "logits": X, "target": T,
+         "weight": np.ones(3), "where": X > -5, "dloss": np.ones(4)}
+
+
+@pytest.mark.parametrize(("fn", "arg"), ARRAY_CASES, ids=ARRAY_IDS)
+def test_ragged_nested_list_names_the_argument(fn, arg):
+    ragged = [[1, 2, 3], [4, 5]]
+    with pytest.raises(ValueError, match=rf"\b{arg}\b.*rectangular") as excinfo:
+        ARRAY_ARGS[fn][arg](ragged)
+    assert "inhomogeneous" in str(excinfo.value)  # what NumPy found, after what was expected
+
+
+@pytest.mark.parametrize(("fn", "arg"), ARRAY_CASES, ids=ARRAY_IDS)
+def test_masked_array_is_refused_not_silently_unmasked(fn, arg):
+    value = VALID[arg]
+    masked = np.ma.masked_array(value, mask=np.zeros(value.shape, bool))
+    with pytest.raises(TypeError, match=rf"\b{arg}\b is a numpy masked array") as excinfo:
+        ARRAY_ARGS[fn][arg](masked)
+    assert f"where=~{arg}.mask" in str(excinfo.value) and f"{arg}.data" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(("fn", "arg"), ARRAY_CASES, ids=ARRAY_IDS)
+def test_tensor_requiring_grad_names_the_argument_and_the_way_out(fn, arg):
+    torch = pytest.importorskip("torch")
+    value = torch.tensor(VALID[arg])
+    if value.is_floating_point():
+        value.requires_grad_(True)
+    else:  # integer and bool tensors cannot require grad: a float one in their place
+        value = torch.tensor(VALID[arg], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(TypeError, match=rf"\b{arg}\b is a Tensor that requires grad") as excinfo:
+        ARRAY_ARGS[fn][arg](value)
+    assert "softmaxce.torch" in str(excinfo.value) and f"{arg}.detach()" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("call", "argname"),
+    [
+        (lambda: sc.softmax(np.float64(1.0)), "x"),
+        (lambda: sc.logsumexp(np.float64(1.0), axis=0), "x"),
+        (lambda: sc.softmax_jacobian(np.float64(1.0)), "y"),
+        (lambda: sc.softmax_vjp(np.float64(1.0), np.float64(1.0)), "y"),
+        (lambda: sc.cross_entropy(np.float64(0.5), np.array(0)), "probs"),
+        (lambda: sc.softmax_cross_entropy(np.float64(1.0), np.array(0)), "logits"),
+    ],
+    ids=["softmax", "logsumexp", "softmax_jacobian", "softmax_vjp", "cross_entropy", "fused"],
+)
+def test_zero_dimensional_input_names_the_argument(call, argname):
+    with pytest.raises(ValueError) as excinfo:
+        call()
+    msg = str(excinfo.value)
+    assert msg.startswith(f"{argname} must have at least one dimension"), msg
+    assert "0-d" in msg and "axis axis" not in msg
+
+
+# --- options: bools, tolerances, objects (item 17) ---------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, np.array([True])], ids=repr)
+def test_inplace_must_be_a_bool(value):
+    x = X.copy()
+    with pytest.raises(TypeError, match="inplace must be a bool") as excinfo:
+        sc.softmax_cross_entropy_with_grad(x, T, inplace=value)
+    assert type(value).__name__ in str(excinfo.value)
+    np.testing.assert_array_equal(x, X)
+
+
+def _f(a):
+    return float((a**2).sum())
+
+
+def _g(a):
+    return 2 * a
+
+
+@pytest.mark.parametrize("name", ["rtol", "atol"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, -1.0], ids=str)
+def test_gradcheck_rejects_tolerances_that_pass_everything(name, value):
+    # With rtol=nan or atol=inf even a wrong gradient would "pass".
+    with pytest.raises(ValueError, match=rf"{name} must be a finite number >= 0") as excinfo:
+        sc.gradcheck(_f, lambda a: 3 * a, X, **{name: value})
+    assert str(value) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 0.0, -1e-6], ids=str)
+@pytest.mark.parametrize("fn", ["gradcheck", "numerical_gradient"])
+def test_finite_difference_step_must_be_finite_and_positive(fn, value):
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        if fn == "gradcheck":
+            sc.gradcheck(_f, _g, X, eps=value)
+        else:
+            sc.numerical_gradient(_f, X, eps=value)
+
+
+@pytest.mark.parametrize("result", ["1.5", b"1", True, None], ids=repr)
+def test_numerical_gradient_rejects_f_returning_a_non_number(result):
+    with pytest.raises(TypeError, match="f must return a real scalar") as excinfo:
+        sc.numerical_gradient(lambda a: result, X)
+    assert repr(result) in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "exc", "argname"),
+    [
+        (lambda: ops.SoftmaxCrossEntropy(reduction="avg"), ValueError, "reduction"),
+        (lambda: ops.SoftmaxCrossEntropy(label_smoothing=2.0), ValueError, "label_smoothing"),
+        (lambda: ops.SoftmaxCrossEntropy(softcap=0.0), ValueError, "softcap"),
+        (lambda: ops.SoftmaxCrossEntropy(inplace="yes"), TypeError, "inplace"),
+        (lambda: ops.SoftmaxCrossEntropy(backend="cuda"), ValueError, "backend"),
+        (lambda: ops.SoftmaxCrossEntropy(ignore_index=1.5), TypeError, "ignore_index"),
+        (lambda: ops.SoftmaxCrossEntropy(size_average=True), TypeError, "size_average"),
+        (lambda: ops.CrossEntropy(foo=1), TypeError, "foo"),
+        (lambda: ops.CrossEntropy(label_smoothing=0.1), TypeError, "label_smoothing"),
+        (lambda: ops.CrossEntropy(reduction="avg"), ValueError, "reduction"),
+        (lambda: ops.CrossEntropy(axis=1.0), TypeError, "axis"),
+        (lambda: ops.Softmax(axis="1"), TypeError, "axis"),
+        (lambda: ops.LogSoftmax(axis=None), TypeError, "axis"),
+    ],
+    ids=["sce-reduction", "sce-smoothing", "sce-softcap", "sce-inplace", "sce-backend",
+         "sce-ignore", "sce-unknown", "ce-unknown", "ce-not-its-option", "ce-reduction",
+         "ce-axis", "softmax-axis", "log_softmax-axis"],
+)
+def test_ops_objects_reject_bad_options_when_built_not_at_forward(make, exc, argname):
+    with pytest.raises(exc, match=rf"\b{argname}\b"):
+        make()

@@ -34,7 +34,7 @@ __all__ = [
 
 def _unary(x: Any, axis: Any, where: Any, name: str = "x"):
     arr = v.float_array(x, name)
-    ax = v.class_axis(axis, arr.ndim)
+    ax = v.class_axis(axis, arr.ndim, array=name)
     v.nonempty_classes(arr, ax, name)
     return arr, ax, v.where_mask(where, arr.shape)
 
@@ -122,7 +122,7 @@ def _vjp_inputs(a: Any, dy: Any, axis: Any, name_a: str):
     arr = v.float_array(a, name_a)
     d = v.float_array(dy, "dy")
     v.same_shape(arr, d, name_a, "dy")
-    ax = v.class_axis(axis, arr.ndim)
+    ax = v.class_axis(axis, arr.ndim, array=name_a)
     v.nonempty_classes(arr, ax, name_a)
     return arr, d, ax
 
@@ -180,7 +180,7 @@ def softmax_jacobian(y: Any, /, *, axis: int = -1) -> np.ndarray:
            [-0.25,  0.25]])
     """
     arr = v.float_array(y, "y")
-    ax = v.class_axis(axis, arr.ndim)
+    ax = v.class_axis(axis, arr.ndim, array="y")
     v.nonempty_classes(arr, ax, "y")
     return _core.softmax_jacobian(arr, ax).astype(arr.dtype, copy=False)
 
@@ -295,10 +295,10 @@ def _rows(
     negative_weight: bool = False,
 ) -> _Rows:
     arr = v.float_array(x, name)
-    ax = v.class_axis(axis, arr.ndim)
+    ax = v.class_axis(axis, arr.ndim, array=name)
     n_classes = v.nonempty_classes(arr, ax, name)
-    ignore = v.integer(ignore_index, "ignore_index")
-    red = v.choice(reduction, v.REDUCTIONS, "reduction")
+    ignore = v.ignore_index(ignore_index)
+    red = v.reduction(reduction)
     t = v.target_array(target, arr, ax, ignore)
     w = v.class_weight(weight, n_classes, allow_negative=negative_weight)
     mask = v.where_mask(where, arr.shape)
@@ -357,8 +357,9 @@ def fused(
     ``grad_dtype`` (without ``inplace``) overrides the gradient's dtype, e.g. float32 for
     float16 logits whose gradient will be scaled again later and should be rounded only once.
     """
-    if inplace:
+    if v.flag(inplace, "inplace"):
         v.inplace_buffer(logits)
+        v.disjoint_from_buffer(logits, target=target, weight=weight, where=where, dloss=dloss)
     rows = _rows(
         logits,
         target,
@@ -378,10 +379,9 @@ def fused(
         "z_loss": v.z_loss(z_loss),
         "softcap": v.softcap(softcap),
         "where": rows.where,
-        "kl": v.choice(soft_target_loss, v.SOFT_TARGET_LOSSES, "soft_target_loss")
-        == "kl-divergence",
+        "kl": v.soft_target_loss(soft_target_loss) == "kl-divergence",
     }
-    backend = v.choice(backend, v.BACKENDS, "backend")
+    backend = v.backend(backend)
     if not want_grad:
         kernel = _dispatch.select(backend, rows.x2, rows.target, **opts)
         return rows.reduce(
@@ -433,7 +433,9 @@ def softmax_cross_entropy(
     with ``q = (1 - eps) y + eps / C`` (``y`` the one-hot of an index target, or the float
     target; ``eps = label_smoothing``, spread over the allowed classes only when ``where`` is
     given), ``w`` the class weights, ``zeta = z_loss`` and ``v_i = 0`` for positions whose index
-    target equals ``ignore_index``. ``soft_target_loss="kl-divergence"`` adds
+    target equals ``ignore_index``. Any integer is a valid ``ignore_index``; one that no int64
+    label can equal (outside ``[-2**63, 2**63)``, e.g. ``2**63``) ignores nothing, and so does
+    ``-2**63``, which is reserved for that. ``soft_target_loss="kl-divergence"`` adds
     ``sum_c w_c q_c log q_c``, which turns the cross-entropy into the KL divergence.
 
     ``reduction="mean"`` divides the sum by ``W = sum_i v_i sum_c w_c y_ic`` (the target
@@ -660,7 +662,11 @@ def numerical_gradient(
     grad = np.empty(flat.shape, dtype=np.float64)
 
     def value(arr: np.ndarray) -> float:
-        out = np.asarray(f(arr))
+        result = f(arr)
+        out = np.asarray(result)
+        if out.dtype.kind not in "iuf":
+            msg = f"f must return a real scalar, got {type(result).__name__} {result!r}"
+            raise TypeError(msg)
         if out.shape != ():
             msg = f"f must return a scalar, got an array of shape {out.shape}"
             raise ValueError(msg)
@@ -690,7 +696,7 @@ def gradcheck(
     r"""Does ``grad(x)``, a claimed gradient of the scalar ``f``, match finite differences?
 
     Compares with :func:`numerical_gradient` as ``numpy.allclose(grad(x), numeric, rtol,
-    atol)``.
+    atol)``. ``rtol`` and ``atol`` must be finite and >= 0, ``eps`` finite and > 0.
 
     Examples
     --------
@@ -706,8 +712,8 @@ def gradcheck(
     if not callable(grad):
         msg = f"grad must be a callable returning the gradient, got {type(grad).__name__}"
         raise TypeError(msg)
-    rt = v.real_scalar(rtol, "rtol")
-    at = v.real_scalar(atol, "atol")
+    rt = v.tolerance(rtol, "rtol")
+    at = v.tolerance(atol, "atol")
     numeric = numerical_gradient(f, x, eps=eps)
     claimed = np.asarray(grad(np.array(v.float_array(x, "x"), dtype=np.float64)))
     if claimed.shape != numeric.shape:

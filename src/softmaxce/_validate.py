@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -16,10 +17,49 @@ REDUCTIONS = ("none", "sum", "mean")
 SOFT_TARGET_LOSSES = ("cross-entropy", "kl-divergence")
 BACKENDS = ("auto", "numpy", "numba")
 
+# The ignore_index the kernels receive when nothing is ignored: an ignore_index outside int64
+# (no int64 label can equal it) becomes this, and no validated label may equal it (see
+# target_array), so the kernels' ``t != ignore_index`` is then always true. -2**63 itself is
+# therefore reserved: as an ignore_index it too ignores nothing.
+NO_IGNORE = int(np.iinfo(np.int64).min)
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
+
+def as_array(x: Any, name: str) -> np.ndarray:
+    """``x`` as a NumPy array, refusing what ``np.asarray`` would silently get wrong.
+
+    Every array argument of every public NumPy function comes through here: a masked array
+    would lose its mask, a torch tensor that requires grad makes torch raise its own error,
+    and a ragged nested list makes NumPy's message not say which argument it was.
+    """
+    if type(x) is np.ndarray:  # the common case, first and cheap
+        return x
+    if isinstance(x, np.ma.MaskedArray):
+        msg = (
+            f"{name} is a numpy masked array, whose mask softmaxce does not read (it would be "
+            f"silently dropped); pass {name}.data and the mask as where=~{name}.mask (or, for "
+            "masked class indices, replace them by ignore_index)"
+        )
+        raise TypeError(msg)
+    if getattr(x, "requires_grad", False) is True:
+        msg = (
+            f"{name} is a {type(x).__name__} that requires grad; the NumPy API does not "
+            f"track gradients: use softmaxce.torch for autograd, or pass {name}.detach()"
+        )
+        raise TypeError(msg)
+    try:
+        return np.asarray(x)
+    except ValueError as exc:
+        msg = (
+            f"{name} must be an array or a rectangular (non-ragged) nested sequence; "
+            f"converting it failed: {exc}"
+        )
+        raise ValueError(msg) from None
+
 
 def float_array(x: Any, name: str) -> np.ndarray:
     """``x`` as an array of a float dtype; integers promote to float64."""
-    arr = np.asarray(x)
+    arr = as_array(x, name)
     kind = arr.dtype.kind
     if kind == "f":
         return arr
@@ -32,8 +72,8 @@ def float_array(x: Any, name: str) -> np.ndarray:
     raise TypeError(msg)
 
 
-def class_axis(axis: Any, ndim: int, name: str = "axis") -> int:
-    """Normalise ``axis`` to ``[0, ndim)``."""
+def class_axis(axis: Any, ndim: int, name: str = "axis", *, array: str = "x") -> int:
+    """Normalise ``axis`` (the class axis of the argument called ``array``) to ``[0, ndim)``."""
     if isinstance(axis, bool | np.bool_):
         msg = f"{name} must be an int, got bool {axis!r}"
         raise TypeError(msg)
@@ -43,7 +83,10 @@ def class_axis(axis: Any, ndim: int, name: str = "axis") -> int:
         msg = f"{name} must be an int, got {type(axis).__name__} {axis!r}"
         raise TypeError(msg) from None
     if ndim == 0:
-        msg = f"the input must have at least one dimension (the class axis {name}), got a 0-d array"
+        msg = (
+            f"{array} must have at least one dimension (the class axis, {name}={ax}), "
+            "got a 0-d array"
+        )
         raise ValueError(msg)
     if not -ndim <= ax < ndim:
         msg = f"{name}={ax} is out of range for an array of {ndim} dimension(s)"
@@ -69,7 +112,7 @@ def where_mask(where: Any, shape: tuple[int, ...]) -> np.ndarray | None:
     """``where`` broadcast to ``shape`` (a read-only view), or None."""
     if where is None:
         return None
-    mask = np.asarray(where)
+    mask = as_array(where, "where")
     if mask.dtype != np.bool_:
         msg = f"where must be a bool array, got dtype {mask.dtype}"
         raise TypeError(msg)
@@ -125,6 +168,26 @@ def choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
     return value
 
 
+def reduction(value: Any) -> str:
+    return choice(value, REDUCTIONS, "reduction")
+
+
+def soft_target_loss(value: Any) -> str:
+    return choice(value, SOFT_TARGET_LOSSES, "soft_target_loss")
+
+
+def backend(value: Any) -> str:
+    return choice(value, BACKENDS, "backend")
+
+
+def flag(value: Any, name: str) -> bool:
+    """A switch: exactly a bool (``"yes"`` or 0 is refused, not read as truthy)."""
+    if not isinstance(value, bool | np.bool_):
+        msg = f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}"
+        raise TypeError(msg)
+    return bool(value)
+
+
 def integer(value: Any, name: str) -> int:
     if isinstance(value, bool | np.bool_):
         msg = f"{name} must be an int, got bool {value!r}"
@@ -134,6 +197,18 @@ def integer(value: Any, name: str) -> int:
     except TypeError:
         msg = f"{name} must be an int, got {type(value).__name__} {value!r}"
         raise TypeError(msg) from None
+
+
+def ignore_index(value: Any, name: str = "ignore_index") -> int:
+    """``ignore_index`` as the int64 the kernels compare labels with.
+
+    Any integer is valid. One outside int64 (``2**63``, the ``uint64`` maximum, ...) can
+    equal no int64 label, so it ignores nothing: it becomes :data:`NO_IGNORE`, as ``-2**63``
+    itself does.
+    """
+    if type(value) is not int:  # (an int needs no conversion: the common case, kept cheap)
+        value = integer(value, name)
+    return value if NO_IGNORE < value <= _INT64_MAX else NO_IGNORE
 
 
 def class_weight(
@@ -146,7 +221,7 @@ def class_weight(
     """
     if weight is None:
         return None
-    w = np.asarray(weight)
+    w = as_array(weight, name)
     if w.dtype.kind not in "iuf":
         msg = f"{name} must be a real array of shape ({n_classes},), got dtype {w.dtype}"
         raise TypeError(msg)
@@ -167,7 +242,7 @@ def target_array(
     target: Any, logits: np.ndarray, axis: int, ignore_index: int, name: str = "target"
 ) -> np.ndarray:
     """Check a target against the logits: integer class indices or a float distribution."""
-    t = np.asarray(target)
+    t = as_array(target, name)
     kind = t.dtype.kind
     if kind == "b":
         msg = (
@@ -194,12 +269,15 @@ def target_array(
         )
         raise ValueError(msg)
     n_classes = logits.shape[axis]
-    bad = ((t < 0) | (t >= n_classes)) & (t != ignore_index)
+    bad = (t < 0) | (t >= n_classes)
+    if ignore_index != NO_IGNORE:  # (the NO_IGNORE label is out of range: see NO_IGNORE)
+        bad &= t != ignore_index
     if bad.any():
         pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        also = "" if ignore_index == NO_IGNORE else f" or ignore_index={ignore_index}"
         msg = (
-            f"{name} must hold class indices in [0, {n_classes}) or ignore_index="
-            f"{ignore_index}; got {t[pos]} at position {pos}"
+            f"{name} must hold class indices in [0, {n_classes}){also}; got {t[pos]} at "
+            f"position {pos}"
         )
         raise ValueError(msg)
     return t
@@ -209,7 +287,7 @@ def dloss_array(dloss: Any, loss_shape: tuple[int, ...]) -> np.ndarray:
     """The upstream gradient as float64 with exactly the loss's shape (None means ones)."""
     if dloss is None:
         return np.ones(loss_shape)
-    d = np.asarray(dloss)
+    d = as_array(dloss, "dloss")
     if d.dtype.kind not in "iuf":
         msg = f"dloss must be a real array or number, got dtype {d.dtype}"
         raise TypeError(msg)
@@ -237,9 +315,70 @@ def inplace_buffer(logits: Any) -> np.ndarray:
     return logits
 
 
+def disjoint_from_buffer(buffer: np.ndarray, **others: Any) -> None:
+    """With ``inplace=True``: no other argument may share memory with the logits.
+
+    The gradient overwrites the logits row by row while the kernel still reads the others (a
+    soft target that is the logits, a ``where`` or ``dloss`` view of them): the result would be
+    silently wrong.
+    """
+    for name, other in others.items():
+        if other is None or not np.may_share_memory(buffer, other):
+            continue
+        try:  # may_share_memory compares bounds only; confirm, within a bounded effort
+            overlap = np.shares_memory(buffer, other, max_work=100_000)
+        except np.exceptions.TooHardError:
+            overlap = True
+        if overlap:
+            msg = (
+                f"inplace=True writes the gradient into the logits, but {name} shares memory "
+                f"with them; pass a copy of {name} (e.g. {name}.copy()) or use inplace=False"
+            )
+            raise ValueError(msg)
+
+
 def positive_finite(value: Any, name: str) -> float:
     v = real_scalar(value, name)
     if not (v > 0 and math.isfinite(v)):
         msg = f"{name} must be a finite number > 0, got {v!r}"
         raise ValueError(msg)
     return v
+
+
+def tolerance(value: Any, name: str) -> float:
+    """A comparison tolerance: finite and >= 0 (NaN or inf would make every check pass)."""
+    t = real_scalar(value, name)
+    if not (t >= 0 and math.isfinite(t)):
+        msg = f"{name} must be a finite number >= 0, got {t!r}"
+        raise ValueError(msg)
+    return t
+
+
+# The options whose validity does not depend on the arrays, each with its validator: the ones
+# the public functions call on every call, run early by the objects of softmaxce.ops when they
+# are built. (weight and where depend on the arrays and are checked per call only.)
+SCALAR_OPTIONS: dict[str, Callable[[Any], Any]] = {
+    "axis": lambda value: integer(value, "axis"),
+    "ignore_index": ignore_index,
+    "reduction": reduction,
+    "label_smoothing": label_smoothing,
+    "z_loss": z_loss,
+    "softcap": softcap,
+    "soft_target_loss": soft_target_loss,
+    "backend": backend,
+    "inplace": lambda value: flag(value, "inplace"),
+}
+
+
+def options(opts: dict[str, Any], allowed: Iterable[str], owner: str) -> None:
+    """Keyword options given to ``owner``: known names, and valid values where that does not
+    depend on the arrays (see :data:`SCALAR_OPTIONS`)."""
+    allowed = sorted(allowed)
+    unknown = sorted(set(opts) - set(allowed))
+    if unknown:
+        msg = f"{owner} got unknown option(s) {unknown}; expected some of {allowed}"
+        raise TypeError(msg)
+    for name, value in opts.items():
+        check = SCALAR_OPTIONS.get(name)
+        if check is not None:
+            check(value)

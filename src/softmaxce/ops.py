@@ -51,6 +51,7 @@ class Softmax:
     """``y = softmax(x)`` along ``axis``; backward is :func:`softmaxce.softmax_vjp` (keeps y)."""
 
     def __init__(self, axis: int = -1) -> None:
+        v.options({"axis": axis}, ("axis",), "Softmax")
         self.axis = axis
         self._y: np.ndarray | None = None
 
@@ -66,6 +67,7 @@ class LogSoftmax:
     """``logp = log_softmax(x)``; backward is :func:`softmaxce.log_softmax_vjp` (keeps logp)."""
 
     def __init__(self, axis: int = -1) -> None:
+        v.options({"axis": axis}, ("axis",), "LogSoftmax")
         self.axis = axis
         self._logp: np.ndarray | None = None
 
@@ -81,10 +83,14 @@ class CrossEntropy:
     """Cross-entropy on probabilities (:func:`softmaxce.cross_entropy`); keeps probs, target.
 
     ``backward(dloss=None)`` returns d loss / d probs (:func:`softmaxce.cross_entropy_vjp`).
-    Options: ``axis``, ``weight``, ``ignore_index``, ``reduction``.
+    Options: ``axis``, ``weight``, ``ignore_index``, ``reduction``; unknown ones and values
+    that are invalid whatever the arrays raise here, not at ``forward``.
     """
 
+    OPTIONS = ("axis", "weight", "ignore_index", "reduction")
+
     def __init__(self, **opts: Any) -> None:
+        v.options(opts, self.OPTIONS, "CrossEntropy")
         self.opts = opts
         self._saved: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -104,14 +110,15 @@ class SoftmaxCrossEntropy:
     ``forward(logits, target)`` computes the loss and, in the same pass, the gradient for
     ``dloss = 1``; it keeps that gradient only (not the logits). ``backward(dloss=None)``
     scales it by ``dloss`` (a scalar, or per position for ``reduction="none"``). Accepts every
-    option of :func:`softmaxce.softmax_cross_entropy`, ``inplace`` and ``backend`` included.
+    option of :func:`softmaxce.softmax_cross_entropy`, ``inplace`` and ``backend`` included;
+    unknown ones and values that are invalid whatever the arrays raise here, not at
+    ``forward``.
     """
 
+    OPTIONS = (*_api.LOSS_DEFAULTS, "inplace", "backend")
+
     def __init__(self, **opts: Any) -> None:
-        unknown = set(opts) - set(_api.LOSS_DEFAULTS) - {"inplace", "backend"}
-        if unknown:
-            msg = f"SoftmaxCrossEntropy got unknown option(s) {sorted(unknown)}"
-            raise TypeError(msg)
+        v.options(opts, self.OPTIONS, "SoftmaxCrossEntropy")
         self.opts = opts
         self._grad: np.ndarray | None = None
         self._dtype: np.dtype = np.dtype(np.float64)
@@ -119,7 +126,7 @@ class SoftmaxCrossEntropy:
 
     def forward(self, logits: Any, target: Any) -> Any:
         opts = {**_api.LOSS_DEFAULTS, "inplace": False, "backend": "auto", **self.opts}
-        self._dtype = np.asarray(logits).dtype
+        self._dtype = v.as_array(logits, "logits").dtype
         # float16: keep the float32 gradient so that backward rounds to float16 only once.
         half = self._dtype == np.float16 and not opts["inplace"]
         loss, self._grad = _api.fused(

@@ -164,7 +164,7 @@ def _check(
 
     sem = v.choice(semantics, tuple(_SEMANTICS), "semantics")
     by_index, by_prob, empty, negative_weight = _SEMANTICS[sem]
-    ignore = v.integer(ignore_index, "ignore_index")
+    ignore = v.ignore_index(ignore_index)  # outside int64: NO_IGNORE, nothing is ignored
     if sem == "torch" and not index and ignore != -100:
         # F.cross_entropy refuses it rather than ignoring it; softmaxce semantics ignore it.
         msg = (
