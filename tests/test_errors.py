@@ -439,6 +439,24 @@ def test_nan_inf_logits_are_not_errors(bad):
     assert np.isnan(loss[1]) and np.all(np.isfinite(np.delete(loss, 1)))
 
 
+@pytest.mark.parametrize("dtype", ["i1", "i2", "i4", "i8", ">i2", ">i8", "u1", "u8"])
+@pytest.mark.parametrize("n_classes", [3, 127, 128, 129, 200, 256, 300])
+def test_every_out_of_range_label_is_found_for_every_integer_dtype(dtype, n_classes):
+    # The range check reads signed labels as unsigned (one pass); with many classes and a
+    # narrow dtype (-1 as uint8 is 255 < 300) that shortcut must not excuse a negative label.
+    info = np.iinfo(dtype)
+    for bad in sorted({-1, info.min, n_classes, info.max} - set(range(n_classes))):
+        if not info.min <= bad <= info.max:
+            continue
+        t = np.zeros(5, dtype)
+        t[3] = bad
+        with pytest.raises(ValueError, match=rf"got {bad} at position \(3,\)"):
+            sc.softmax_cross_entropy(np.zeros((5, n_classes)), t, ignore_index=7 - n_classes)
+    t = (np.arange(5) % n_classes).astype(dtype)
+    t[1] = min(n_classes - 1, info.max)
+    sc.softmax_cross_entropy(np.zeros((5, n_classes)), t)  # in range: accepted
+
+
 # --- ignore_index beyond int64 (issue 9, item 4) -----------------------------------------------
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None

@@ -269,6 +269,8 @@ def target_array(
         )
         raise ValueError(msg)
     n_classes = logits.shape[axis]
+    if _all_in_range(t, n_classes):
+        return t
     bad = (t < 0) | (t >= n_classes)
     if ignore_index != NO_IGNORE:  # (the NO_IGNORE label is out of range: see NO_IGNORE)
         bad &= t != ignore_index
@@ -281,6 +283,27 @@ def target_array(
         )
         raise ValueError(msg)
     return t
+
+
+# Signed integer dtypes (native byte order) and their unsigned twins, for _all_in_range.
+_UNSIGNED = {np.dtype(f"i{size}"): np.dtype(f"u{size}") for size in (1, 2, 4, 8)}
+
+
+def _all_in_range(t: np.ndarray, n_classes: int) -> bool:
+    """Are all integer labels in ``[0, n_classes)``? One pass, the common case's fast path.
+
+    Read as unsigned, a negative label becomes at least ``2**(bits - 1)``, so, when
+    ``n_classes`` is not above that, one maximum finds every label outside the range. False
+    may also mean "not sure" (e.g. int8 labels with 200 classes): the caller checks exactly.
+    """
+    if t.size == 0:
+        return True
+    if t.dtype.kind == "u":
+        return bool(t.max() < n_classes)
+    unsigned = _UNSIGNED.get(t.dtype)
+    if unsigned is None or n_classes > 1 << (8 * t.itemsize - 1):
+        return False
+    return bool(t.view(unsigned).max() < n_classes)
 
 
 def dloss_array(dloss: Any, loss_shape: tuple[int, ...]) -> np.ndarray:
