@@ -145,3 +145,74 @@ def test_valid_normalization_counts_ignore_label_without_use_ignore():
 def test_bad_input_names_the_argument(kwargs, exc, name):
     data = np.zeros((2, 3))
     assert_raises_named(exc, lambda: SoftmaxOutput_with_grad(data, **kwargs), name)
+
+
+# --- issue 9: empty inputs, C = 0, labels beyond the integers ---------------------------------
+
+
+@pytest.mark.parametrize("normalization", ["null", "batch", "valid"])
+@pytest.mark.parametrize(
+    ("shape", "label_shape", "kwargs"),
+    [
+        ((0, 3), (0,), {}),
+        ((0, 3), (0,), {"preserve_shape": True}),
+        ((0, 3, 2), (0, 2), {"multi_output": True}),
+        ((2, 3, 0), (2, 0), {"multi_output": True}),  # zero spatial size
+        ((2, 3, 0, 4), (2, 0, 4), {"multi_output": True}),
+    ],
+    ids=["empty-batch", "empty-batch-preserve", "empty-batch-multi", "multi-spatial-0",
+         "multi-spatial-0x4"],
+)
+def test_no_element_gives_an_empty_gradient_not_zero_division(shape, label_shape, kwargs,
+                                                               normalization):
+    # MXNet divides grad_scale by the count in floating point: a count of 0 only happens when
+    # data has no element, and the scaled gradient is then empty.
+    data = np.zeros(shape, np.float32)
+    out, grad = SoftmaxOutput_with_grad(
+        data, np.zeros(label_shape, np.float32), normalization=normalization, **kwargs
+    )
+    assert out.shape == grad.shape == shape
+    assert out.dtype == grad.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("shape", "kwargs", "where"),
+    [
+        ((2, 0), {}, "shape[1:]"),
+        ((2, 3, 0), {"preserve_shape": True}, "last axis"),
+        ((2, 0, 3), {"multi_output": True}, "axis 1"),
+    ],
+    ids=["default", "preserve_shape", "multi_output"],
+)
+def test_zero_classes_names_data_and_its_class_axis(shape, kwargs, where):
+    label = np.zeros(shape[:-1] if not kwargs.get("multi_output") else (2, 3))
+    with pytest.raises(ValueError, match=r"^data must have at least one class") as excinfo:
+        SoftmaxOutput_with_grad(np.zeros(shape), label, **kwargs)
+    assert where in str(excinfo.value) and str(shape) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [1e30, -1e30, np.nan, np.inf])
+def test_label_beyond_the_integers_is_reported_as_given(bad, dtype):
+    # (it was cast to int64 first: -9223372036854775808 and a RuntimeWarning)
+    label = np.array([[0, 1], [2, bad]], dtype)
+    with pytest.raises(ValueError, match=r"^label must hold class indices in \[0, 3\)") as excinfo:
+        SoftmaxOutput_with_grad(np.zeros((2, 2, 3), dtype), label, preserve_shape=True)
+    assert f"got {dtype(bad)} at position (1, 1)" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_ignore_label_beyond_the_integers_ignores_equal_labels_only(dtype):
+    data = np.random.default_rng(3).normal(size=(4, 3)).astype(dtype)
+    label = np.array([0, 2, 1, 2], dtype)
+    kwargs = {"use_ignore": True, "normalization": "valid"}
+    _, plain = SoftmaxOutput_with_grad(data, label, normalization="valid")
+    _, grad = SoftmaxOutput_with_grad(data, label, ignore_label=1e30, **kwargs)
+    np.testing.assert_array_equal(grad, plain)  # nothing equals it: nothing ignored
+    if dtype == np.float16:
+        return  # float16 cannot hold the label 1e30
+    label[2] = 1e30
+    _, grad = SoftmaxOutput_with_grad(data, label, ignore_label=1e30, **kwargs)
+    _, want = SoftmaxOutput_with_grad(data, np.array([0, 2, -1, 2], dtype), **kwargs)
+    np.testing.assert_array_equal(grad, want)  # the same as any other ignored label
+    assert not grad[2].any()

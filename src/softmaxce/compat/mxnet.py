@@ -30,15 +30,34 @@ _SEM = _common.TABLE["mxnet"]
 NORMALIZATIONS = ("null", "batch", "valid")
 
 
-def _labels_as_int(label: np.ndarray) -> np.ndarray:
-    """MXNet reads a label as ``static_cast<int>(label)``: truncation toward zero."""
+def _ignored(label: np.ndarray, ignore: float) -> np.ndarray:
+    """Where a label equals ``ignore_label``: MXNet compares ``static_cast<int>`` of both, i.e.
+    their truncations toward zero. Compared in the label's dtype, never cast to an integer
+    type, so that a label or ignore_label beyond the integers (1e30) cannot wrap around."""
     if label.dtype.kind in "iu":
-        return label.astype(np.int64)
-    if not np.all(np.isfinite(label)):
-        pos = tuple(int(i) for i in np.argwhere(~np.isfinite(label))[0])
-        msg = f"label must hold finite class indices, got {label[pos]} at position {pos}"
+        return label == math.trunc(ignore)
+    with np.errstate(over="ignore"):  # float16 cannot hold 1e30: inf, which no label equals
+        return np.trunc(label) == np.trunc(label.dtype.type(ignore))
+
+
+def _class_indices(
+    row_labels: np.ndarray, ignored: np.ndarray, n_classes: int, label: np.ndarray, also: str
+) -> np.ndarray:
+    """MXNet's class index of every row, as int64: the label truncated toward zero, -1 where
+    ``ignored``. Any other label must be in ``[0, C)`` (MXNet does not check; SPEC section 4).
+    ``row_labels`` is a prefix of ``label.reshape(-1)``, so positions are reported in ``label``.
+    """
+    tr = np.trunc(row_labels) if row_labels.dtype.kind == "f" else row_labels
+    bad = ~(ignored | ((tr >= 0) & (tr < n_classes)))  # NaN fails both comparisons
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        pos = tuple(int(i) for i in np.unravel_index(k, label.shape))
+        msg = (
+            f"label must hold class indices in [0, {n_classes}) (truncated toward zero){also}; "
+            f"got {row_labels[k]} at position {pos}"
+        )
         raise ValueError(msg)
-    return np.trunc(label).astype(np.int64)
+    return np.where(ignored, -1, tr).astype(np.int64)
 
 
 def _layout(shape: tuple[int, ...], multi_output: bool, preserve_shape: bool):
@@ -47,6 +66,15 @@ def _layout(shape: tuple[int, ...], multi_output: bool, preserve_shape: bool):
     Default: ``data`` flattened to ``(d1, size / d1)``; ``preserve_shape``: the last axis;
     ``multi_output`` (wins over ``preserve_shape``): axis 1 of ``(n, k, rest)``.
     """
+    if multi_output:
+        n_classes, where = shape[1], "along axis 1 (multi_output=True)"
+    elif preserve_shape:
+        n_classes, where = shape[-1], "along the last axis (preserve_shape=True)"
+    else:
+        n_classes, where = math.prod(shape[1:]), "in shape[1:] (data is flattened to (d1, -1))"
+    if n_classes == 0:
+        msg = f"data must have at least one class {where}, got shape {shape}"
+        raise ValueError(msg)
     if multi_output:
         n, k = shape[0], shape[1]
         rest = math.prod(shape[2:])
@@ -105,7 +133,7 @@ def _call(
     if x.ndim < 2:
         msg = f"data must have 2 or more dimensions (batch, ...), got shape {x.shape}"
         raise ValueError(msg)
-    lab = np.asarray(label)
+    lab = v.as_array(label, "label")
     if lab.dtype.kind == "f" and lab.dtype != x.dtype:
         msg = (
             f"label must have data's dtype {x.dtype} (MXNet infers one type for both), "
@@ -123,9 +151,9 @@ def _call(
         msg = f"grad_scale and ignore_label must be finite, got {scale!r} and {ignore!r}"
         raise ValueError(msg)
     prob = lab.shape == x.shape
+    to_rows, from_rows = _layout(x.shape, bool(multi_output), bool(preserve_shape))
     if not prob:
         row_labels, spatial = _row_labels(x.shape, lab, bool(multi_output), bool(preserve_shape))
-    to_rows, from_rows = _layout(x.shape, bool(multi_output), bool(preserve_shape))
     rows = to_rows(x)
     out = from_rows(_core.softmax(rows, -1, None))
     if not want_grad:
@@ -142,13 +170,13 @@ def _call(
         return out, grad if head is None else (grad * head).astype(x.dtype)
 
     n_classes = rows.shape[1]
-    t_rows = _labels_as_int(row_labels)
-    ign = math.trunc(ignore)
+    ignored = _ignored(row_labels, ignore) if use_ignore else np.zeros(row_labels.shape, bool)
+    also = f" or ignore_label={ignore!r}" if use_ignore else ""
+    t_rows = _class_indices(row_labels, ignored, n_classes, lab, also)
     # "valid" counts every label entry that differs from ignore_label (also with
     # use_ignore=False), at least 1; "batch" is label.size(0) of MXNet's flattened label.
-    all_labels = _labels_as_int(lab.reshape(-1))
     if norm == "valid":
-        denom = max(int(np.count_nonzero(all_labels != ign)), 1)
+        denom = max(int(np.count_nonzero(~_ignored(lab, ignore))), 1)
     elif norm == "batch":
         denom = lab.shape[0] * spatial if multi_output else lab.size
     else:
@@ -177,9 +205,12 @@ def _call(
         t_rows,
         axis=-1,
         want_grad=True,
-        dloss=scale / denom,
+        # A "batch" or "null" count of 0 means that data has no element (an empty batch, or
+        # multi_output with spatial size 0): MXNet's float division by 0 then scales an empty
+        # gradient, which stays empty; so does ours, whatever the scale.
+        dloss=scale / denom if denom else 0.0,
         reduction="sum",
-        ignore_index=ign if use_ignore else None,
+        ignore_index=-1 if use_ignore else None,
         label_smoothing=eps,
     )
     grad = from_rows(g)
