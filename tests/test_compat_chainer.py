@@ -243,3 +243,16 @@ def test_cache_score_and_double_backprop_change_nothing():
 def test_bad_input_names_the_argument(kwargs, exc, name):
     x = np.zeros((2, 3), np.float32)
     assert_raises_named(exc, lambda: softmax_cross_entropy(x, **kwargs), name)
+
+
+@pytest.mark.parametrize("ignore", [2**63, -(2**63) - 1], ids=str)
+def test_ignore_label_outside_int64_ignores_nothing(ignore):
+    rng = np.random.default_rng(4)  # 64 x 97: "auto" picks the numba kernel where installed
+    x = rng.normal(size=(64, 97)).astype(np.float32)
+    t = rng.integers(0, 97, 64).astype(np.int32)
+    want = softmax_cross_entropy_with_grad(x, t)
+    got = softmax_cross_entropy_with_grad(x, t, ignore_label=ignore)
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(ValueError, match=r"\bt must hold class indices in \[0, 97\); got -1"):
+        softmax_cross_entropy(x, np.where(t == t[1], -1, t), ignore_label=ignore)

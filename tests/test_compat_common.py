@@ -156,3 +156,42 @@ def test_no_second_copy_of_the_math():
         src = inspect.getsource(mod)
         assert "np.exp(" not in src, mod.__name__
         assert "logsumexp(" not in src.replace("_core.logsumexp(", ""), mod.__name__
+
+
+def _compat_array_args():
+    """(mode, argument, call with that argument replaced) for every array of every mode."""
+    from softmaxce.compat import chainer, mxnet, mygrad, optax, pytorch
+
+    x = np.zeros((2, 3), np.float32)
+    t = np.array([0, 1])
+    return [
+        ("pytorch", "input", lambda a: pytorch.cross_entropy(a, t)),
+        ("pytorch", "target", lambda a: pytorch.cross_entropy(x, a)),
+        ("pytorch", "weight", lambda a: pytorch.cross_entropy(x, t, a)),
+        ("chainer", "x", lambda a: chainer.softmax_cross_entropy(a, t.astype(np.int32))),
+        ("chainer", "t", lambda a: chainer.softmax_cross_entropy(x, a)),
+        ("chainer", "class_weight", lambda a: chainer.softmax_cross_entropy(x, t, class_weight=a)),
+        ("mygrad", "x", lambda a: mygrad.softmax_crossentropy(a, t)),
+        ("mygrad", "y_true", lambda a: mygrad.softmax_crossentropy(x, a)),
+        ("optax", "logits", lambda a: optax.softmax_cross_entropy(a, x)),
+        ("optax", "labels", lambda a: optax.softmax_cross_entropy_with_integer_labels(x, a)),
+        ("optax", "where", lambda a: optax.softmax_cross_entropy(x, x, where=a)),
+        ("mxnet", "data", lambda a: mxnet.SoftmaxOutput(a, t.astype(np.float32))),
+        ("mxnet", "label", lambda a: mxnet.SoftmaxOutput_with_grad(x, a)),
+    ]
+
+
+COMPAT_ARRAY_ARGS = _compat_array_args()
+COMPAT_IDS = [f"{mode}-{arg}" for mode, arg, _ in COMPAT_ARRAY_ARGS]
+
+
+@pytest.mark.parametrize(("mode", "arg", "call"), COMPAT_ARRAY_ARGS, ids=COMPAT_IDS)
+def test_compat_ragged_nested_list_names_the_argument(mode, arg, call):
+    with pytest.raises(ValueError, match=rf"^{arg} must be an array or a rectangular"):
+        call([[1.0, 2.0, 3.0], [4.0]])
+
+
+@pytest.mark.parametrize(("mode", "arg", "call"), COMPAT_ARRAY_ARGS, ids=COMPAT_IDS)
+def test_compat_masked_array_is_refused_not_silently_unmasked(mode, arg, call):
+    with pytest.raises(TypeError, match=rf"^{arg} is a numpy masked array.*where=~{arg}\.mask"):
+        call(np.ma.masked_array(np.zeros(3), mask=[False, True, False]))

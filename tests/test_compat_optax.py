@@ -182,3 +182,23 @@ def test_live_optax():
         np.asarray(real.softmax_cross_entropy_with_integer_labels(x, t)),
         rtol=1e-5,
     )
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis"),
+    [((2, 0), -1), ((0, 2), 0), ((2, 3, 0), (1, 2)), ((2, 0), None)],
+    ids=["last", "first", "tuple", "all"],
+)
+@pytest.mark.parametrize(
+    "fn", ["softmax_cross_entropy", "softmax_cross_entropy_with_integer_labels"]
+)
+def test_zero_classes_blames_the_logits_not_the_labels(fn, shape, axis):
+    if axis is None and fn != "softmax_cross_entropy":
+        return  # the integer version takes no axis=None
+    x = np.zeros(shape)
+    axes = (axis,) if isinstance(axis, int) else range(len(shape)) if axis is None else axis
+    batch = tuple(n for i, n in enumerate(shape) if i not in [a % len(shape) for a in axes])
+    labels = np.zeros(shape) if fn == "softmax_cross_entropy" else np.zeros(batch, int)
+    with pytest.raises(ValueError, match=r"^logits must have at least one class") as excinfo:
+        getattr(optax, fn)(x, labels, axis=axis)
+    assert str(shape) in str(excinfo.value) and repr(axis) in str(excinfo.value)

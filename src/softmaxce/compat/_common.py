@@ -20,9 +20,8 @@ import numpy as np
 from .. import _api
 from .. import _validate as v
 
-# An ignore_index that no validated int64 label can equal: "this framework ignores nothing".
-# Labels are converted to int64 before the core sees them, and NO_IGNORE is outside [0, C).
-NO_IGNORE = int(np.iinfo(np.int64).min)
+# The ignore_index that no validated label can equal: "ignore nothing" (see _validate).
+NO_IGNORE = v.NO_IGNORE
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,7 @@ class Semantics:
     logits: str  # the name of the logits argument, for messages
     target: str  # the name of the labels argument
     weight: str  # the name of the class-weight argument
+    ignore: str  # the name of the ignore-label argument
     int_logits: bool  # integer logits are promoted to float64 (True) or rejected (False)
     index_kinds: str  # numpy dtype kinds accepted for class indices ("iu", "i", ...)
     index_dtypes: tuple[str, ...] | None  # exact dtypes accepted for indices (None: any of kinds)
@@ -48,6 +48,7 @@ class Semantics:
 TABLE: dict[str, Semantics] = {
     "pytorch": Semantics(
         framework="PyTorch",
+        ignore="ignore_index",
         logits="input",
         target="target",
         weight="weight",
@@ -61,6 +62,7 @@ TABLE: dict[str, Semantics] = {
     ),
     "chainer": Semantics(
         framework="Chainer",
+        ignore="ignore_label",
         logits="x",
         target="t",
         weight="class_weight",
@@ -74,6 +76,7 @@ TABLE: dict[str, Semantics] = {
     ),
     "mygrad": Semantics(
         framework="mygrad",
+        ignore="ignore_index",
         logits="x",
         target="y_true",
         weight="weight",
@@ -87,6 +90,7 @@ TABLE: dict[str, Semantics] = {
     ),
     "optax": Semantics(
         framework="optax",
+        ignore="ignore_index",
         logits="logits",
         target="labels",
         weight="weight",
@@ -100,6 +104,7 @@ TABLE: dict[str, Semantics] = {
     ),
     "mxnet": Semantics(
         framework="MXNet",
+        ignore="ignore_label",
         logits="data",
         target="label",
         weight="weight",
@@ -122,11 +127,12 @@ class Prepared(NamedTuple):
     target: np.ndarray  # int64 class indices or float probabilities
     weight: np.ndarray | None  # float64 (C,)
     soft: bool
+    ignore: int  # the validated ignore index (NO_IGNORE: nothing is ignored)
 
 
 def logits_array(sem: Semantics, logits: Any) -> np.ndarray:
     """The logits as a float array, under the framework's dtype rule."""
-    x = np.asarray(logits)
+    x = v.as_array(logits, sem.logits)
     if x.dtype.kind in "iu" and not sem.int_logits:
         msg = (
             f"{sem.logits} must be a floating-point array ({sem.framework} takes no integer "
@@ -137,15 +143,15 @@ def logits_array(sem: Semantics, logits: Any) -> np.ndarray:
 
 
 def target_array(
-    sem: Semantics, target: Any, x: np.ndarray, axis: int, ignore_index: int | None
+    sem: Semantics, target: Any, x: np.ndarray, axis: int, ignore_index: int = NO_IGNORE
 ) -> np.ndarray:
     """Labels checked against ``x``: int64 class indices, or float probabilities.
 
     Raises TypeError for a dtype the framework does not take as labels and ValueError for a
-    shape mismatch or a label outside ``[0, C)`` that is not ``ignore_index``, naming the
-    framework's argument.
+    shape mismatch or a label outside ``[0, C)`` that is not ``ignore_index`` (a validated
+    one: ``NO_IGNORE`` ignores nothing), naming the framework's argument.
     """
-    t = np.asarray(target)
+    t = v.as_array(target, sem.target)
     kind = t.dtype.kind
     if kind in "iu":
         if kind not in sem.index_kinds or (
@@ -170,11 +176,11 @@ def target_array(
             raise ValueError(msg)
         n_classes = x.shape[axis]
         bad = (t < 0) | (t >= n_classes)
-        if ignore_index is not None:
+        if ignore_index != NO_IGNORE:
             bad &= t != ignore_index
         if bad.any():
             pos = tuple(int(i) for i in np.argwhere(bad)[0])
-            also = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+            also = "" if ignore_index == NO_IGNORE else f" or {sem.ignore}={ignore_index}"
             msg = (
                 f"{sem.target} must hold class indices in [0, {n_classes}){also}; got "
                 f"{t[pos]} at position {pos}"
@@ -203,13 +209,14 @@ def run(
 ) -> tuple[Any, np.ndarray | None, Prepared]:
     """Validate under ``sem`` and call the core's fused loss.
 
-    ``ignore_index=None`` ignores nothing. ``mean_by`` overrides the table's denominator.
+    ``ignore_index=None`` ignores nothing, as does any integer outside int64 (no label can
+    equal it; see ``_validate.ignore_index``). ``mean_by`` overrides the table's denominator.
     Returns ``(loss, grad, prepared)``; ``grad`` is None unless ``want_grad``.
     """
     x = logits_array(sem, logits)
-    ax = v.class_axis(axis, x.ndim)
+    ax = v.class_axis(axis, x.ndim, array=sem.logits)
     n_classes = v.nonempty_classes(x, ax, sem.logits)
-    ignore = None if ignore_index is None else v.integer(ignore_index, "ignore_index")
+    ignore = NO_IGNORE if ignore_index is None else v.ignore_index(ignore_index, sem.ignore)
     t = target_array(sem, target, x, ax, ignore)
     w = v.class_weight(weight, n_classes, name=sem.weight, allow_negative=sem.negative_weight)
     soft = t.dtype.kind == "f"
@@ -224,7 +231,7 @@ def run(
         backend="auto",
         axis=ax,
         weight=w,
-        ignore_index=NO_IGNORE if ignore is None else ignore,
+        ignore_index=ignore,
         reduction=reduction,
         label_smoothing=label_smoothing,
         z_loss=0.0,
@@ -235,7 +242,7 @@ def run(
         empty=sem.empty,
         negative_weight=sem.negative_weight,
     )
-    return loss, grad, Prepared(x, ax, t, w, soft)
+    return loss, grad, Prepared(x, ax, t, w, soft, ignore)
 
 
 def choice(value: Any, allowed: tuple[str, ...], name: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
+from .. import _validate as v
 from . import _common
 
 __all__ = ["softmax_cross_entropy", "softmax_cross_entropy_with_grad"]
@@ -31,7 +32,7 @@ def _class_weight(class_weight: Any) -> np.ndarray | None:
     """Chainer's own checks: a 1-D array of a float dtype (both ValueError in Chainer)."""
     if class_weight is None:
         return None
-    w = np.asarray(class_weight)
+    w = v.as_array(class_weight, "class_weight")
     if w.ndim != 1:
         msg = f"class_weight must be 1-dimensional (one weight per class), got shape {w.shape}"
         raise ValueError(msg)
@@ -51,7 +52,7 @@ def _call(
         msg = f"x must have 2 or more dimensions (N, C, ...), got shape {arr.shape}"
         raise ValueError(msg)
     w = _class_weight(class_weight)
-    labels = np.asarray(t)
+    labels = v.as_array(t, "t")
     if labels.dtype.kind == "f":
         # Soft targets: no class weight, no ignored entries, the mean over positions (also
         # with normalize=False), KL with Chainer's log(t + 1e-7).
@@ -83,7 +84,6 @@ def _call(
             f"got dtype {labels.dtype}"
         )
         raise TypeError(msg)
-    ignore = _common.v.integer(ignore_label, "ignore_label")
     loss, grad, _ = _common.run(
         _SEM,
         arr,
@@ -93,7 +93,7 @@ def _call(
         dloss=dloss,
         reduction="none" if red == "no" else "mean",
         weight=w,
-        ignore_index=ignore,
+        ignore_index=ignore_label,
         mean_by="valid" if normalize else "batch",
     )
     return loss, grad

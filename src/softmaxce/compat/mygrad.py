@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import _validate as v
 from . import _common
 
 __all__ = ["softmax_crossentropy", "softmax_crossentropy_with_grad"]
@@ -24,11 +25,11 @@ _SEM = _common.TABLE["mygrad"]
 
 def _check(x: Any, y_true: Any) -> tuple[np.ndarray, np.ndarray]:
     """mygrad's own checks, in its order: x is 2-D, y_true is integer, y_true is (N,)."""
-    arr = np.asarray(x)
+    arr = v.as_array(x, "x")
     if arr.ndim != 2:
         msg = f"x must be a 2-dimensional array of shape (N, C), got {arr.ndim}-dim {arr.shape}"
         raise ValueError(msg)
-    y = np.asarray(y_true)
+    y = v.as_array(y_true, "y_true")
     if y.dtype.kind not in "iu":
         msg = f"y_true must be an integer-type array of class indices, got dtype {y.dtype}"
         raise TypeError(msg)

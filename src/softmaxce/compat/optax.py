@@ -31,21 +31,29 @@ __all__ = [
 _SEM = _common.TABLE["optax"]
 
 
-def _axes(axis: Any, ndim: int, *, allow_none: bool) -> tuple[int, ...]:
-    """optax's ``axis``: an int, a tuple of ints (or, for the float version, None = all)."""
+def _axes(axis: Any, shape: tuple[int, ...], *, allow_none: bool) -> tuple[int, ...]:
+    """optax's ``axis``: an int, a tuple of ints (or, for the float version, None = all);
+    the class axes of the logits' ``shape`` must hold at least one class."""
+    ndim = len(shape)
     if axis is None and allow_none:
-        return tuple(range(ndim))
-    if isinstance(axis, tuple | list):
-        axes = tuple(v.class_axis(a, ndim) for a in axis)
+        axes = tuple(range(ndim))
+    elif isinstance(axis, tuple | list):
+        axes = tuple(v.class_axis(a, ndim, array="logits") for a in axis)
         if not axes or len(set(axes)) != len(axes):
             msg = f"axis must be a non-empty tuple of distinct axes, got {tuple(axis)!r}"
             raise ValueError(msg)
-        return axes
-    if axis is None or isinstance(axis, bool | np.bool_) or not isinstance(axis, int | np.integer):
+    elif isinstance(axis, bool | np.bool_) or not isinstance(axis, int | np.integer):
         what = "int or tuple[int, ...]" + (" or None" if allow_none else "")
         msg = f"axis must be of type {what}, got {type(axis).__name__} {axis!r}"
         raise ValueError(msg)
-    return (v.class_axis(axis, ndim),)
+    else:
+        axes = (v.class_axis(axis, ndim, array="logits"),)
+    if not all(shape[a] for a in axes):
+        msg = (
+            f"logits must have at least one class along the class axis {axis!r}, got shape {shape}"
+        )
+        raise ValueError(msg)
+    return axes
 
 
 class _Layout:
@@ -74,16 +82,19 @@ def _logits(logits: Any) -> np.ndarray:
 
 def _where(where: Any, shape: tuple[int, ...], axes: tuple[int, ...]) -> np.ndarray | None:
     """``where`` of the logits' shape, or of the batch shape (class axes inserted), as optax."""
-    if where is not None and np.ndim(where) != len(shape):
-        where = np.expand_dims(np.asarray(where), tuple(sorted(axes)))
-    return v.where_mask(where, shape)
+    if where is None:
+        return None
+    mask = v.as_array(where, "where")
+    if mask.ndim != len(shape):
+        mask = np.expand_dims(mask, tuple(sorted(axes)))
+    return v.where_mask(mask, shape)
 
 
 def _sce(logits, labels, axis, where, *, want_grad, dloss):
     x = _logits(logits)
-    axes = _axes(axis, x.ndim, allow_none=True)
+    axes = _axes(axis, x.shape, allow_none=True)
     lay = _Layout(x.shape, axes)
-    q = np.asarray(labels)
+    q = v.as_array(labels, "labels")
     if q.dtype.kind not in "biuf":
         msg = f"labels must be a real array (class probabilities), got dtype {q.dtype}"
         raise TypeError(msg)
@@ -111,9 +122,9 @@ def _sce(logits, labels, axis, where, *, want_grad, dloss):
 
 def _int(logits, labels, axis, where, *, want_grad, dloss):
     x = _logits(logits)
-    axes = _axes(axis, x.ndim, allow_none=False)
+    axes = _axes(axis, x.shape, allow_none=False)
     lay = _Layout(x.shape, axes)
-    t = np.asarray(labels)
+    t = v.as_array(labels, "labels")
     if t.dtype.kind not in "iu":
         msg = f"labels must be an integer array (class indices), got dtype {t.dtype}"
         raise TypeError(msg)
@@ -121,7 +132,7 @@ def _int(logits, labels, axis, where, *, want_grad, dloss):
     x2 = lay.to_rows(x)
     m2 = None if mask is None else lay.to_rows(mask)
     # The labels are validated against the flattened class axis: shape and range.
-    t = _common.target_array(_SEM, t, x2, x2.ndim - 1, None)
+    t = _common.target_array(_SEM, t, x2, x2.ndim - 1)
     masked_label = None
     if m2 is not None:
         at_label = np.take_along_axis(m2, t[..., None], axis=-1)[..., 0]
