@@ -226,3 +226,46 @@ def test_live_torch_large(soft, dk):
     rtol, atol = (1e-5, 1e-6) if dk == "float32" else (1e-10, 1e-12)
     np.testing.assert_allclose(loss, ref.item(), rtol=rtol, atol=atol)
     np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=rtol, atol=atol)
+
+
+# --------------------------------------------------------------------------------------------
+# issue 9
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("red", ["none", "sum", "mean"])
+def test_full_label_smoothing_with_the_label_at_minus_inf_is_nan_as_torch(red, weighted):
+    # PyTorch forms (1 - eps) * nll_loss: with eps = 1 and the label's logit -inf that is
+    # 0 * inf = NaN (not inf); the other row, and every gradient, stay finite.
+    x = np.array([[-np.inf, 0.0, 1.0], [0.5, 0.2, 0.1], [-np.inf, 0.3, 0.0]])
+    t = np.array([0, 1, -100])  # the third row is ignored: no NaN from it
+    w = np.array([1.0, 2.0, 3.0]) if weighted else None
+    loss, grad = cross_entropy_with_grad(x, t, w, reduction=red, label_smoothing=1.0)
+    if red == "none":
+        assert np.isnan(loss[0]) and np.isfinite(loss[1]) and loss[2] == 0
+    else:
+        assert np.isnan(loss)
+    assert np.all(np.isfinite(grad))
+    torch = pytest.importorskip("torch")
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    wt = None if w is None else torch.from_numpy(w)
+    ref = torch.nn.functional.cross_entropy(
+        xt, torch.from_numpy(t), wt, reduction=red, label_smoothing=1.0
+    )
+    ref.sum().backward()
+    np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("ignore", [2**63, -(2**63) - 1, np.uint64(2**64 - 1)], ids=str)
+def test_ignore_index_outside_int64_ignores_nothing(ignore):
+    # torch itself cannot take such an ignore_index (an int64 argument); no label equals it.
+    # 64 x 97 logits: large enough for "auto" to pick the numba kernel where it is installed.
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(64, 97))
+    t = rng.integers(0, 97, 64)
+    want = cross_entropy_with_grad(x, t)
+    got = cross_entropy_with_grad(x, t, ignore_index=ignore)
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1], want[1])

@@ -24,20 +24,16 @@ _SEM = _common.TABLE["pytorch"]
 
 
 def _torch_quirks(
-    loss: Any,
-    grad: np.ndarray | None,
-    p: _common.Prepared,
-    *,
-    ignore: int,
-    reduction: str,
-    eps: float,
+    loss: Any, grad: np.ndarray | None, p: _common.Prepared, *, reduction: str, eps: float
 ) -> tuple[Any, np.ndarray | None]:
     """PyTorch's NaNs that are not a choice of the core's formula.
 
     1. ``0 * log(0)``: PyTorch multiplies ``log_softmax`` by the (smoothed) target and the
        weight, so a class with logit ``-inf`` and a zero coefficient gives ``0 * -inf = NaN``
-       for that position (the core, like the maths, takes such a term as 0). The gradient is
-       unaffected (it is finite in PyTorch too).
+       for that position (the core, like the maths, takes such a term as 0). For index
+       targets the label's coefficient is ``(1 - label_smoothing) * w[t]``: PyTorch forms
+       ``(1 - eps) * nll_loss``, so ``label_smoothing=1`` with the label's logit ``-inf`` is
+       NaN too. The gradient is unaffected (it is finite in PyTorch too).
     2. ``"mean"`` with index targets and a zero weight sum ``W`` (and at least one position
        not ignored): PyTorch's backward divides by ``W`` and gives NaN on every position that
        is not ignored (the core gives 0); the loss is NaN in both.
@@ -55,15 +51,14 @@ def _torch_quirks(
         nan_pos = _common.zero_times_log_zero(xm, coef)
     else:
         t = p.target
-        kept = t != ignore
+        kept = t != p.ignore
         safe = np.where(kept, t, 0)
-        nan_pos = np.zeros(t.shape, dtype=bool)
-        if p.weight is not None:
-            # nll: w[t] * log p_t; with smoothing also sum_c w_c log p_c.
-            at_label = np.take_along_axis(xm, safe[..., None], axis=-1)
-            nan_pos = _common.zero_times_log_zero(at_label, p.weight[safe][..., None])
-            if eps:
-                nan_pos |= _common.zero_times_log_zero(xm, p.weight)
+        # (1 - eps) * nll, nll = w[t] * log p_t; with smoothing also sum_c w_c log p_c.
+        w_label = 1.0 if p.weight is None else p.weight[safe][..., None]
+        at_label = np.take_along_axis(xm, safe[..., None], axis=-1)
+        nan_pos = _common.zero_times_log_zero(at_label, (1.0 - eps) * w_label)
+        if eps and p.weight is not None:
+            nan_pos |= _common.zero_times_log_zero(xm, p.weight)
         nan_pos &= kept
     loss = _common.with_nan(loss, nan_pos, reduction)
     if grad is not None and reduction == "mean" and not p.soft:
@@ -97,14 +92,14 @@ def _call(input, target, weight, ignore_index, reduction, label_smoothing, *, wa
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
     )
-    if p.soft and int(ignore_index) != -100:
+    if p.soft and p.ignore != -100:
         msg = (
             f"ignore_index={ignore_index} is not supported for a floating-point (probability) "
             "target; leave it at -100, as PyTorch requires"
         )
         raise ValueError(msg)
     eps = float(label_smoothing)
-    loss, grad = _torch_quirks(loss, grad, p, ignore=int(ignore_index), reduction=red, eps=eps)
+    loss, grad = _torch_quirks(loss, grad, p, reduction=red, eps=eps)
     if p.soft and p.target.dtype != p.x.dtype:
         # torch promotes the result to the common dtype of input and probability target.
         loss = np.asarray(loss).astype(np.result_type(p.x, p.target))[()]
