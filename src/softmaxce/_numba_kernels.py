@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
+import os
 import threading
 
 import numba
@@ -717,6 +718,19 @@ def _softmax_rows(lo, hi, x, out_arg, log, lse_out):
 _MIN_PARALLEL = 1 << 16
 _pool = None
 _pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool came along without its threads (a fork copies
+    only the calling thread), so work handed to it would wait forever; and the lock may have
+    been held by another parent thread. Start afresh: the next threaded call makes a pool."""
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _chunks(n: int, c: int) -> int:
