@@ -10,6 +10,13 @@ its configuration once, at import), on small problems: each compiles only what i
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +26,7 @@ numba = pytest.importorskip("numba")
 import softmaxce as sc  # noqa: E402
 from softmaxce import _numba_kernels as nk  # noqa: E402
 
+PACKAGE = Path(sc.__file__).parent
 # Seconds before a hung child or subprocess counts as a failure (a kernel compile without the
 # disk cache takes a few seconds; a hang takes forever).
 TIMEOUT = 120
@@ -90,3 +98,92 @@ def test_torch_fork_after_threaded_call_does_not_hang(threaded):
     cross_entropy(torch.from_numpy(x), torch.from_numpy(t))
     assert nk._pool is not None
     assert_finishes_in_forked_child(_torch_large_call_agrees_with_the_core)
+
+
+# ----------------------------------------------------------------------------------------------
+# environment variables and installs, each in a subprocess
+
+CHECK = """
+import warnings
+warnings.simplefilter("error")  # no warning either, as under the test suite's filterwarnings
+import numpy as np, softmaxce as sc
+from softmaxce import _core
+x = np.random.default_rng(0).normal(size=(8, 5)).astype(np.float32) * 3
+t = np.array([0, 4, 2, 1, 3, 0, 4, 2])
+ref = sc.softmax_cross_entropy(x, t, backend="numpy")
+close = lambda loss: abs(loss - ref) <= 8 * np.finfo(np.float32).eps * ref
+"""
+
+
+def run_python(code: str, env: dict[str, str | None], pythonpath: Path = PACKAGE.parent):
+    """Run ``code`` in a fresh interpreter with the environment changed by ``env`` (None
+    removes a variable); returns the completed process, stdout and stderr as text."""
+    full = dict(os.environ)
+    for key, value in {**env, "PYTHONPATH": str(pythonpath)}.items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
+    script = textwrap.dedent(CHECK) + textwrap.dedent(code)
+    return subprocess.run(
+        [sys.executable, "-c", script], env=full, capture_output=True, text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def assert_ok(proc) -> None:
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", proc.stderr
+
+
+def read_only_copy(tmp_path: Path) -> Path:
+    """A copy of the package where numba finds no cache directory: the files read-only, and
+    a plain file where its ``__pycache__`` would go (which stops root too)."""
+    site = tmp_path / "site"
+    pkg = site / "softmaxce"
+    shutil.copytree(PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in [pkg, *[p for p in pkg.rglob("*") if p.is_dir()]]:
+        (folder / "__pycache__").write_text("not a folder\n")
+    for path in [*sorted(pkg.rglob("*"), reverse=True), pkg]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    return site
+
+
+NO_CACHE = {
+    "NUMBA_CACHE_DIR": None,
+    "XDG_CACHE_HOME": "/dev/null/no-cache",  # numba's user-wide cache: cannot be created
+    "PYTHONDONTWRITEBYTECODE": "1",
+}
+
+
+def test_read_only_install_without_a_cache_still_runs_the_kernel(tmp_path):
+    site = read_only_copy(tmp_path)
+    try:
+        proc = run_python(
+            """
+            from softmaxce import _dispatch, _numba_kernels as nk
+            assert not nk._CACHE
+            assert close(sc.softmax_cross_entropy(x, t, backend="numba"))
+            big, tt = np.tile(x, (1024, 1)), np.tile(t, 1024)  # "auto" takes the kernel
+            assert _dispatch.select("auto", big, tt) is nk.fused_rows
+            assert close(sc.softmax_cross_entropy(big, tt))
+            print("ok")
+            """,
+            NO_CACHE,
+            pythonpath=site,
+        )
+    finally:
+        for path in [site, *site.rglob("*")]:
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+    assert_ok(proc)
+    assert proc.stdout.split() == ["ok"]
+
+
+def test_numba_opt_0_gives_no_cache_warning(tmp_path):
+    proc = run_python(
+        """
+        assert close(sc.softmax_cross_entropy(x, t, backend="numba"))
+        """,
+        {"NUMBA_OPT": "0", "NUMBA_CACHE_DIR": str(tmp_path)},
+    )
+    assert_ok(proc)

@@ -77,6 +77,33 @@ __all__ = [
     "supports",
 ]
 
+def _cache_probe() -> int:  # compiled never; numba looks up its cache folder (see _can_cache)
+    return 0
+
+
+def _can_cache() -> bool:
+    """Whether numba can keep the compiled kernels in its disk cache.
+
+    numba needs a writable folder for this file: ``NUMBA_CACHE_DIR``, the ``__pycache__``
+    beside it, or the user's cache folder (``$XDG_CACHE_HOME``, ``~/.cache``). In a read-only
+    install without any, ``cache=True`` raises at decoration (``no locator available``), so
+    the kernels are compiled in each process instead. Under ``NUMBA_OPT=0`` (a debugging
+    setting) the unoptimised code keeps the addresses of the functions it calls, which numba
+    cannot cache (it would warn at each compile).
+    """
+    if numba.config.OPT == 0:
+        return False
+    try:
+        njit(cache=True)(_cache_probe)
+    except RuntimeError:  # no locator: no writable cache folder for this file
+        return False
+    return True
+
+
+# The `cache=` of every njit function: caching only saves compile time, so where it is
+# impossible the kernels run uncached rather than not at all.
+_CACHE = _can_cache()
+
 # Fast-math flags. `_FM_EXP` for the exponential: FMA contraction only. `_FM` for the loops:
 # reassociation lets LLVM vectorise sums; no 'nnan'/'ninf', so non-finite values propagate.
 _FM_EXP = {"contract"}
@@ -265,7 +292,7 @@ def _ov_ebuf(g_arg, xr, g, i, scratch):
     return lambda g_arg, xr, g, i, scratch: _grow(g_arg, xr, g, i)
 
 
-@njit(fastmath=_FM_EXP, cache=True, error_model="numpy")
+@njit(fastmath=_FM_EXP, cache=_CACHE, error_model="numpy")
 def _exp32(v):
     """exp(v) for v <= 0, -inf or NaN (NaN in, NaN out)."""
     # Clamp: v <= -88 (and -inf) gives k = -127, whose exponent bits are 0, so the result is
@@ -289,7 +316,7 @@ def _exp32(v):
     return p * _i32_as_f32(_f32_bits(kb) << np.int32(23))  # 2**k from k + 127
 
 
-@njit(fastmath=_FM_EXP, cache=True, error_model="numpy")
+@njit(fastmath=_FM_EXP, cache=_CACHE, error_model="numpy")
 def _exp64(v):
     """exp(v) for v <= 0, -inf or NaN; results below 2**-1022 flush to 0."""
     vc = -709.0 if v < -709.0 else v  # -> k = -1023: exponent bits 0, result exactly 0
@@ -325,7 +352,7 @@ def _ov_exp(v):
     return lambda v: _exp64(v)
 
 
-@njit(fastmath=_FM_EXP, cache=True, error_model="numpy")
+@njit(fastmath=_FM_EXP, cache=_CACHE, error_model="numpy")
 def _tanh32(u):
     """tanh for float32, vectorisable: an odd near-minimax polynomial for |u| < 0.625 (rel.
     error 4.5e-9), else (1 - e) / (1 + e) with e = exp(-2|u|); measured error below 3 ulp.
@@ -359,7 +386,7 @@ def _ov_tanh(u):
 # Row primitives.
 
 
-@njit(fastmath=_FM, cache=True, error_model="numpy")
+@njit(fastmath=_FM, cache=_CACHE, error_model="numpy")
 def _row_max(xr, zero):
     """max_c xr[c]: one vectorised read. maxnum skips NaN entries; they need no test here,
     since exp(NaN - m) is NaN and makes the row's sum, loss and gradient NaN."""
@@ -369,13 +396,13 @@ def _row_max(xr, zero):
     return m
 
 
-@njit(cache=True)
+@njit(cache=_CACHE)
 def _fill(gr, value):
     for c in range(gr.shape[0]):
         gr[c] = value
 
 
-@njit(cache=True)
+@njit(cache=_CACHE)
 def _log_sum(rest, ties):
     """``(log s, s)`` in float64 for ``s = ties + rest``: ``log1p(rest)`` for one maximum."""
     r = np.float64(rest)
@@ -391,7 +418,7 @@ _BLOCK = 256  # elements between prefetches of the next row (16 cache lines of f
 # The hot path: integer targets, no where, no softcap, no KL.
 
 
-@njit(nogil=True, fastmath=_FM, cache=True, error_model="numpy")
+@njit(nogil=True, fastmath=_FM, cache=_CACHE, error_model="numpy")
 def _index_rows(
     lo, hi, x, t, w, w_total, ignore_index, eps, z_loss, rs, has_grad, g_arg, scratch, loss
 ):
@@ -514,7 +541,7 @@ def _index_rows(
 # The general path: every option; a scratch row of z per thread.
 
 
-@njit(nogil=True, fastmath=_FM, cache=True, error_model="numpy")
+@njit(nogil=True, fastmath=_FM, cache=_CACHE, error_model="numpy")
 def _general_rows(
     lo,
     hi,
@@ -658,7 +685,7 @@ def _general_rows(
 # Softmax, log-softmax, logsumexp rows (no options; float32/float64, 2-D C-contiguous).
 
 
-@njit(fastmath=_FM_EXP, cache=True, error_model="numpy")
+@njit(fastmath=_FM_EXP, cache=_CACHE, error_model="numpy")
 def _shift(orow, xr, m, log_s):
     """``orow = (xr - m) - log_s``, in this order (no reassociation here): ``xr - m`` is
     exact near the maximum, so log_softmax there keeps its relative accuracy."""
@@ -666,7 +693,7 @@ def _shift(orow, xr, m, log_s):
         orow[c] = (xr[c] - m) - log_s
 
 
-@njit(nogil=True, fastmath=_FM, cache=True, error_model="numpy")
+@njit(nogil=True, fastmath=_FM, cache=_CACHE, error_model="numpy")
 def _softmax_rows(lo, hi, x, out_arg, log, lse_out):
     """softmax (log=0), log_softmax (log=1) into out (x itself when out_arg is None), or only
     the logsumexp into lse_out (log=2)."""
