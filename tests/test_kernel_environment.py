@@ -179,6 +179,27 @@ def test_read_only_install_without_a_cache_still_runs_the_kernel(tmp_path):
     assert proc.stdout.split() == ["ok"]
 
 
+def test_disable_jit_falls_back_under_auto_and_explains_under_numba():
+    proc = run_python(
+        """
+        from softmaxce import _dispatch
+        big = np.tile(x, (1024, 1))
+        assert _dispatch.select("auto", big, np.tile(t, 1024)) is _core.fused_rows
+        assert _dispatch.rows_kernels(big, 1, None) is None
+        for fn in (sc.softmax, sc.log_softmax, sc.logsumexp):  # run on the core
+            fn(big)
+        try:
+            sc.softmax_cross_entropy(x, t, backend="numba")
+        except ImportError as exc:
+            print(exc)
+        """,
+        {"NUMBA_DISABLE_JIT": "1"},
+    )
+    assert_ok(proc)
+    assert "NUMBA_DISABLE_JIT" in proc.stdout
+    assert "backend='numba'" in proc.stdout
+
+
 def test_numba_opt_0_gives_no_cache_warning(tmp_path):
     proc = run_python(
         """

@@ -77,6 +77,16 @@ __all__ = [
     "supports",
 ]
 
+if numba.config.DISABLE_JIT:
+    # The kernels are LLVM intrinsics and overloads, which cannot run as Python: the module is
+    # unavailable, and the dispatcher falls back to the core (or names this reason).
+    msg = (
+        "softmaxce's numba kernels cannot run with NUMBA_DISABLE_JIT=1 (they need the JIT "
+        "compiler); unset it to use them"
+    )
+    raise ImportError(msg)
+
+
 def _cache_probe() -> int:  # compiled never; numba looks up its cache folder (see _can_cache)
     return 0
 
