@@ -52,7 +52,16 @@ branches and ``tanh`` is a libm call, so it is several times slower than the hot
 
 Threads: rows are split in contiguous chunks, one per thread (``NUMBA_NUM_THREADS``, default
 the CPU count), run by ``nogil`` kernels on a small Python thread pool; problems below 65536
-elements run on the calling thread. Compiles go to numba's disk cache (``cache=True``).
+elements run on the calling thread. The pool is fork-safe: a forked child (multiprocessing,
+PyTorch DataLoader workers, gunicorn ``--preload``) inherits the pool object but none of its
+threads, so an at-fork hook drops it there and the child's next threaded call makes its own.
+
+Compiling: compiles go to numba's disk cache (``NUMBA_CACHE_DIR``, else ``__pycache__`` beside
+this file, else the user's cache folder). Where none is writable (a read-only install) or under
+``NUMBA_OPT=0`` (whose code numba cannot cache), the kernels are compiled without the cache,
+once per process (``_CACHE``). With ``NUMBA_DISABLE_JIT=1`` they cannot run at all (their
+intrinsics have no Python version): importing this module raises ``ImportError`` saying so,
+and the dispatcher falls back to the core under ``backend="auto"``.
 """
 
 from __future__ import annotations
