@@ -34,6 +34,9 @@ FORK_TIMEOUT = 60
 
 # Python 3.12+ warns when a process with threads forks: the very situation tested here.
 FORK_WARNING = "ignore:This process .* is multi-threaded:DeprecationWarning"
+needs_fork = pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this platform"
+)
 
 
 def large_problem(seed=0):
@@ -71,6 +74,7 @@ def _large_call_agrees_with_the_core() -> None:
     assert agrees_with_the_core(sc.softmax_cross_entropy(x, t, backend="numba"), x, t)
 
 
+@needs_fork
 @pytest.mark.filterwarnings(FORK_WARNING)
 def test_fork_after_threaded_call_does_not_hang(threaded):
     x, t = large_problem()
@@ -89,6 +93,7 @@ def _torch_large_call_agrees_with_the_core() -> None:
     assert agrees_with_the_core(cross_entropy(torch.from_numpy(x), torch.from_numpy(t)), x, t)
 
 
+@needs_fork
 @pytest.mark.filterwarnings(FORK_WARNING)
 def test_torch_fork_after_threaded_call_does_not_hang(threaded):
     torch = pytest.importorskip("torch")
