@@ -27,9 +27,12 @@ $(VENV)/.installed-bench: pyproject.toml $(CONSTRAINTS) requirements/bench.txt |
 demo: $(VENV)/.installed-base
 	$(BIN)/python -m softmaxce demo
 
+# The suite twice: as installed, then as without numba (conftest.py: SOFTMAXCE_BLOCK_NUMBA),
+# where "auto" must fall back to the NumPy core and the kernel tests skip (about a minute).
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+	SOFTMAXCE_BLOCK_NUMBA=1 $(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

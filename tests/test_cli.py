@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from softmaxce import _cli
+from softmaxce import _cli, _dispatch
+
+HAVE_KERNELS = _dispatch.numba_kernels() is not None
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -47,6 +49,14 @@ def test_check_passes_and_lists_backends():
     assert " 0 failed" in text
 
 
+def test_check_says_why_the_numba_kernel_is_off(monkeypatch):
+    monkeypatch.setattr(_dispatch, "numba_kernels", lambda: None)
+    monkeypatch.setattr(_dispatch, "_unavailable", "NUMBA_DISABLE_JIT=1 (simulated)")
+    code, text = run("check")
+    assert code == 0, text
+    assert "fused kernel for large problems: numpy core (NUMBA_DISABLE_JIT=1 (simulated))" in text
+
+
 def test_check_fails_on_a_wrong_gradient(monkeypatch):
     from softmaxce import _api
 
@@ -70,6 +80,8 @@ def test_bench_writes_table_csv_and_png(tmp_path, capsys):
             "forward,full",
             "--repeats",
             "3",
+            "--prefault-gb",
+            "0",
             "--out",
             str(out),
         ]
@@ -79,9 +91,25 @@ def test_bench_writes_table_csv_and_png(tmp_path, capsys):
     assert "[2/2] size 32 x 7 done" in text  # progress, one line per size
     rows = (out / "fused.csv").read_text().splitlines()
     assert rows[0].startswith("N,C,provider,mode,median_ms")
-    # 2 sizes x (numba 2 modes + numpy 2 + numpy_plain 2 + copy 2)
-    assert len(rows) == 1 + 2 * 8
+    # 2 sizes x (numba 2 modes + numpy 2 + numpy_plain 2 + copy 2); no numba: skipped
+    assert len(rows) == 1 + 2 * (8 if HAVE_KERNELS else 6)
     assert (out / "fused.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_without_numba_skips_its_providers_and_runs_numpy(tmp_path, capsys, monkeypatch):
+    if HAVE_KERNELS:  # as where numba is missing (the suite's SOFTMAXCE_BLOCK_NUMBA=1 run)
+        monkeypatch.setattr(_dispatch, "numba_kernels", lambda: None)
+    argv = ["bench", "--sizes", "16x5", "--modes", "forward", "--repeats", "2", "--no-plot",
+            "--prefault-gb", "0"]  # fmt: skip
+    code = _cli.main([*argv, "--providers", "numba,numba_inplace,numpy", "--out", str(tmp_path)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "skipped numba, numba_inplace: the numba kernels cannot run: " in text
+    rows = (tmp_path / "fused.csv").read_text().splitlines()
+    assert [row.split(",")[2] for row in rows[1:]] == ["numpy"]
+    # nothing left to run: says so, and fails
+    assert _cli.main([*argv, "--providers", "numba", "--out", str(tmp_path)]) == 1
+    assert "nothing to run" in capsys.readouterr().out
 
 
 def test_bench_bad_size_names_the_option(capsys):

@@ -34,6 +34,12 @@ TOL = {
 }
 
 
+def few_ulps(dtype) -> float:
+    """Tolerance between two kernel paths that sum a row in different orders (or vector
+    widths): a few units of the dtype's rounding, whatever the machine."""
+    return 8 * float(np.finfo(dtype).eps)
+
+
 # ----------------------------------------------------------------------------------------------
 # the float64 reference, one row at a time
 
@@ -233,8 +239,11 @@ def test_inplace(name, soft):
         target = np.where(opts["where"], target, 0).astype(np.float32)
     loss_ip, grad_ip = check(x, target, inplace=True, **opts)
     loss_oop, grad_oop = check(x, target, inplace=False, **opts)
-    np.testing.assert_array_equal(loss_ip, loss_oop)
-    np.testing.assert_array_equal(grad_ip, grad_oop)
+    # In place the loops read and write one row view, out of place two arrays: LLVM may
+    # vectorise them differently, so they agree to float32 rounding, not bit for bit.
+    tol = few_ulps(np.float32)
+    np.testing.assert_allclose(loss_ip, loss_oop, rtol=tol, atol=tol)
+    np.testing.assert_allclose(grad_ip, grad_oop, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("name", ["plain", "weight+smooth", "softcap", "where", "kl"])
@@ -246,8 +255,10 @@ def test_loss_only(name, soft):
     with_grad, _ = check(x, target, **opts)
     without, _ = check(x, target, with_grad=False, **opts)
     # The loss-only loops differ from the gradient loops by a store, so the vectorizer may sum
-    # the row in another order: equal to float32 rounding of the row sums, not bit for bit.
-    np.testing.assert_allclose(with_grad, without, rtol=1e-7, atol=0)
+    # the row in another order (and another vector width): equal to float32 rounding of the
+    # row sums, not bit for bit.
+    tol = few_ulps(np.float32)
+    np.testing.assert_allclose(with_grad, without, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("name", ["plain", "weight+smooth", "softcap", "where"])

@@ -51,8 +51,9 @@ Peak extra memory, beyond the inputs, of one (untimed) call:
 
 Writes ``fused.csv`` and ``fused.png`` into ``--out`` (default benchmarks/results/) and prints
 a table. The default full run takes about 5 to 8 minutes on 2 cores; ``--quick`` (sizes up to
-1024 x 8000, fewer rounds, no prefault) about a minute. Providers whose framework is not
-installed (torch, jax) are skipped with a note.
+1024 x 8000, fewer rounds, no prefault) about a minute. Providers that cannot run here are
+skipped with one line saying why: torch or jax not installed, the numba kernels unavailable
+(numba not installed, ``NUMBA_DISABLE_JIT=1``).
 """
 
 from __future__ import annotations
@@ -142,9 +143,34 @@ def parse_args(argv=None, prog=None):
         if name not in ALL_MODES:
             p.error(f"--modes: unknown mode {name!r}; choose from {ALL_MODES}")
     needs = {"torch": "torch", "torch_compile": "torch", "jax": "jax"}
-    args.skipped = [n for n in args.providers if n in needs and not _available(needs[n])]
+    # provider -> why it cannot run; numba's providers are checked in main(), after the
+    # thread settings (numba reads NUMBA_NUM_THREADS when it is imported)
+    args.skipped = {
+        n: f"{needs[n]} is not installed"
+        for n in args.providers
+        if n in needs and not _available(needs[n])
+    }
     args.providers = [n for n in args.providers if n not in args.skipped]
     return args
+
+
+def skip_numba_if_unavailable(args) -> str | None:
+    """Move the numba providers to ``args.skipped`` when the kernels cannot run here; returns
+    numba's version when they can (None when no numba provider was asked for)."""
+    names = [n for n in args.providers if n.startswith("numba")]
+    if not names:
+        return None
+    from . import _dispatch
+
+    if _dispatch.numba_kernels() is None:
+        args.skipped.update(
+            dict.fromkeys(names, f"the numba kernels cannot run: {_dispatch.unavailable()}")
+        )
+        args.providers = [n for n in args.providers if n not in names]
+        return None
+    import numba
+
+    return numba.__version__
 
 
 def set_threads(n: int) -> None:
@@ -479,10 +505,12 @@ def main(argv=None, prog=None):
     args = parse_args(argv, prog)
     set_threads(args.threads)
 
-    import numba
     import numpy as np
 
-    versions = [f"numpy {np.__version__}", f"numba {numba.__version__}"]
+    versions = [f"numpy {np.__version__}"]
+    numba_version = skip_numba_if_unavailable(args)
+    if numba_version is not None:
+        versions.append(f"numba {numba_version}")
     if "torch" in args.providers or "torch_compile" in args.providers:
         import torch
 
@@ -519,8 +547,12 @@ def main(argv=None, prog=None):
         f", {os.cpu_count()} CPUs; " + ", ".join(versions)
     )
     log(header)
-    if args.skipped:
-        log(f"skipped (framework not installed): {', '.join(args.skipped)}")
+    for why in dict.fromkeys(args.skipped.values()):
+        names = ", ".join(n for n, w in args.skipped.items() if w == why)
+        log(f"skipped {names}: {why}")
+    if not args.providers:
+        log("nothing to run: every provider asked for was skipped")
+        return 1
     rows = []
     t_start = time.perf_counter()
     for k, (n, c) in enumerate(args.sizes, 1):

@@ -287,8 +287,8 @@ def cmd_check(args: argparse.Namespace, term: Terminal) -> int:
     term.line(term.paint("softmaxce check", "1") + ": what this environment has")
     for name, version in _versions():
         term.line(f"  {name:<8} {version}")
-    kernels = _dispatch.numba_kernels()
-    term.line(f"  fused kernel for large problems: {'numba' if kernels else 'numpy core'}")
+    kernel = "numba" if _dispatch.numba_kernels() else f"numpy core ({_dispatch.unavailable()})"
+    term.line(f"  fused kernel for large problems: {kernel}")
     term.line("")
     failures = 0
     rng = np.random.default_rng(args.seed)

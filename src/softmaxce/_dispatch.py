@@ -1,14 +1,16 @@
 """Choosing the row kernel for the fused loss: a plain ``if`` chain, numba imported lazily.
 
-``"numpy"`` is the core; ``"numba"`` is the fused CPU kernel and raises if numba is missing;
-``"auto"`` takes the kernel when it is installed, covers the input, and is either already
-loaded or worth loading for a problem this large; else the core. Inputs the kernel does not
-cover fall back to the core under ``"numba"`` too (the kernel's ``supports`` says which).
+``"numpy"`` is the core; ``"numba"`` is the fused CPU kernel and raises ``ImportError`` saying
+why when it cannot run (numba missing, ``NUMBA_DISABLE_JIT=1``); ``"auto"`` takes the kernel
+when it can run, covers the input, and is either already loaded or worth loading for a problem
+this large; else the core. Inputs the kernel does not cover fall back to the core under
+``"numba"`` too (the kernel's ``supports`` says which).
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -24,13 +26,40 @@ AUTO_MIN_SIZE = 4096
 _KERNELS = __name__.rpartition(".")[0] + "._numba_kernels"
 
 
+# Why the kernel module cannot be loaded, once an import has failed (tried once per process).
+_unavailable: str | None = None
+
+
 def numba_kernels() -> ModuleType | None:
-    """The numba kernel module, or None when numba cannot be imported."""
+    """The numba kernel module, or None when it cannot be loaded (:func:`unavailable` says why).
+
+    An ``ImportError`` (numba not installed, ``NUMBA_DISABLE_JIT=1``) is quiet; any other
+    failure of the import (numba installed but broken) warns once.
+    """
+    global _unavailable
+    if _unavailable is not None:
+        return None
     try:
         from . import _numba_kernels
-    except ImportError:
-        return None
-    return _numba_kernels
+    except ModuleNotFoundError as exc:
+        _unavailable = f"{exc} (pip install numba)"
+    except ImportError as exc:
+        _unavailable = str(exc)
+    except Exception as exc:  # numba installed but failing: fall back, once, loudly
+        _unavailable = f"importing them failed with {type(exc).__name__}: {exc}"
+        warnings.warn(
+            f"softmaxce: the numba kernels are off, {_unavailable}; using the NumPy core",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    else:
+        return _numba_kernels
+    return None
+
+
+def unavailable() -> str:
+    """Why ``backend="numba"`` cannot run here (call after :func:`numba_kernels` gave None)."""
+    return _unavailable or "numba is not installed (pip install numba)"
 
 
 def select(
@@ -50,9 +79,7 @@ def select(
     kernels = numba_kernels()
     if kernels is None:
         if backend == "numba":
-            msg = (
-                "backend='numba' needs the numba package (pip install numba); use 'auto' or 'numpy'"
-            )
+            msg = f"backend='numba' cannot run: {unavailable()}; use 'auto' or 'numpy'"
             raise ImportError(msg)
         return _core.fused_rows
     if not kernels.supports(x, target, where=where, weight=weight, grad_out=grad_out):
@@ -63,7 +90,7 @@ def select(
 def rows_kernels(x: np.ndarray, axis: int, where: np.ndarray | None) -> ModuleType | None:
     """The kernel module for softmax / log_softmax / logsumexp of ``x``, or None for the core.
 
-    Taken (as under "auto" for the loss) when numba is installed, the problem is large or the
+    Taken (as under "auto" for the loss) when the kernels can run, the problem is large or the
     kernel already loaded, and ``x`` is float32/float64, C-contiguous, writable (numba types
     read-only arrays apart), with the class axis last and no ``where`` mask; anything else
     stays on the core.

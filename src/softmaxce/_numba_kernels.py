@@ -52,13 +52,23 @@ branches and ``tanh`` is a libm call, so it is several times slower than the hot
 
 Threads: rows are split in contiguous chunks, one per thread (``NUMBA_NUM_THREADS``, default
 the CPU count), run by ``nogil`` kernels on a small Python thread pool; problems below 65536
-elements run on the calling thread. Compiles go to numba's disk cache (``cache=True``).
+elements run on the calling thread. The pool is fork-safe: a forked child (multiprocessing,
+PyTorch DataLoader workers, gunicorn ``--preload``) inherits the pool object but none of its
+threads, so an at-fork hook drops it there and the child's next threaded call makes its own.
+
+Compiling: compiles go to numba's disk cache (``NUMBA_CACHE_DIR``, else ``__pycache__`` beside
+this file, else the user's cache folder). Where none is writable (a read-only install) or under
+``NUMBA_OPT=0`` (whose code numba cannot cache), the kernels are compiled without the cache,
+once per process (``_CACHE``). With ``NUMBA_DISABLE_JIT=1`` they cannot run at all (their
+intrinsics have no Python version): importing this module raises ``ImportError`` saying so,
+and the dispatcher falls back to the core under ``backend="auto"``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import math
+import os
 import threading
 
 import numba
@@ -75,6 +85,43 @@ __all__ = [
     "softmax_rows",
     "supports",
 ]
+
+if numba.config.DISABLE_JIT:
+    # The kernels are LLVM intrinsics and overloads, which cannot run as Python: the module is
+    # unavailable, and the dispatcher falls back to the core (or names this reason).
+    msg = (
+        "softmaxce's numba kernels cannot run with NUMBA_DISABLE_JIT=1 (they need the JIT "
+        "compiler); unset it to use them"
+    )
+    raise ImportError(msg)
+
+
+def _cache_probe() -> int:  # compiled never; numba looks up its cache folder (see _can_cache)
+    return 0
+
+
+def _can_cache() -> bool:
+    """Whether numba can keep the compiled kernels in its disk cache.
+
+    numba needs a writable folder for this file: ``NUMBA_CACHE_DIR``, the ``__pycache__``
+    beside it, or the user's cache folder (``$XDG_CACHE_HOME``, ``~/.cache``). In a read-only
+    install without any, ``cache=True`` raises at decoration (``no locator available``), so
+    the kernels are compiled in each process instead. Under ``NUMBA_OPT=0`` (a debugging
+    setting) the unoptimised code keeps the addresses of the functions it calls, which numba
+    cannot cache (it would warn at each compile).
+    """
+    if numba.config.OPT == 0:
+        return False
+    try:
+        njit(cache=True)(_cache_probe)
+    except RuntimeError:  # no locator: no writable cache folder for this file
+        return False
+    return True
+
+
+# The `cache=` of every njit function: caching only saves compile time, so where it is
+# impossible the kernels run uncached rather than not at all.
+_CACHE = _can_cache()
 
 # Fast-math flags. `_FM_EXP` for the exponential: FMA contraction only. `_FM` for the loops:
 # reassociation lets LLVM vectorise sums; no 'nnan'/'ninf', so non-finite values propagate.
@@ -264,7 +311,7 @@ def _ov_ebuf(g_arg, xr, g, i, scratch):
     return lambda g_arg, xr, g, i, scratch: _grow(g_arg, xr, g, i)
 
 
-@njit(fastmath=_FM_EXP, cache=True, error_model="numpy")
+@njit(fastmath=_FM_EXP, cache=_CACHE, error_model="numpy")
 def _exp32(v):
     """exp(v) for v <= 0, -inf or NaN (NaN in, NaN out)."""
     # Clamp: v <= -88 (and -inf) gives k = -127, whose exponent bits are 0, so the result is
@@ -288,7 +335,7 @@ def _exp32(v):
     return p * _i32_as_f32(_f32_bits(kb) << np.int32(23))  # 2**k from k + 127
 
 
-@njit(fastmath=_FM_EXP, cache=True, error_model="numpy")
+@njit(fastmath=_FM_EXP, cache=_CACHE, error_model="numpy")
 def _exp64(v):
     """exp(v) for v <= 0, -inf or NaN; results below 2**-1022 flush to 0."""
     vc = -709.0 if v < -709.0 else v  # -> k = -1023: exponent bits 0, result exactly 0
@@ -324,7 +371,7 @@ def _ov_exp(v):
     return lambda v: _exp64(v)
 
 
-@njit(fastmath=_FM_EXP, cache=True, error_model="numpy")
+@njit(fastmath=_FM_EXP, cache=_CACHE, error_model="numpy")
 def _tanh32(u):
     """tanh for float32, vectorisable: an odd near-minimax polynomial for |u| < 0.625 (rel.
     error 4.5e-9), else (1 - e) / (1 + e) with e = exp(-2|u|); measured error below 3 ulp.
@@ -358,7 +405,7 @@ def _ov_tanh(u):
 # Row primitives.
 
 
-@njit(fastmath=_FM, cache=True, error_model="numpy")
+@njit(fastmath=_FM, cache=_CACHE, error_model="numpy")
 def _row_max(xr, zero):
     """max_c xr[c]: one vectorised read. maxnum skips NaN entries; they need no test here,
     since exp(NaN - m) is NaN and makes the row's sum, loss and gradient NaN."""
@@ -368,13 +415,13 @@ def _row_max(xr, zero):
     return m
 
 
-@njit(cache=True)
+@njit(cache=_CACHE)
 def _fill(gr, value):
     for c in range(gr.shape[0]):
         gr[c] = value
 
 
-@njit(cache=True)
+@njit(cache=_CACHE)
 def _log_sum(rest, ties):
     """``(log s, s)`` in float64 for ``s = ties + rest``: ``log1p(rest)`` for one maximum."""
     r = np.float64(rest)
@@ -390,7 +437,7 @@ _BLOCK = 256  # elements between prefetches of the next row (16 cache lines of f
 # The hot path: integer targets, no where, no softcap, no KL.
 
 
-@njit(nogil=True, fastmath=_FM, cache=True, error_model="numpy")
+@njit(nogil=True, fastmath=_FM, cache=_CACHE, error_model="numpy")
 def _index_rows(
     lo, hi, x, t, w, w_total, ignore_index, eps, z_loss, rs, has_grad, g_arg, scratch, loss
 ):
@@ -513,7 +560,7 @@ def _index_rows(
 # The general path: every option; a scratch row of z per thread.
 
 
-@njit(nogil=True, fastmath=_FM, cache=True, error_model="numpy")
+@njit(nogil=True, fastmath=_FM, cache=_CACHE, error_model="numpy")
 def _general_rows(
     lo,
     hi,
@@ -657,7 +704,7 @@ def _general_rows(
 # Softmax, log-softmax, logsumexp rows (no options; float32/float64, 2-D C-contiguous).
 
 
-@njit(fastmath=_FM_EXP, cache=True, error_model="numpy")
+@njit(fastmath=_FM_EXP, cache=_CACHE, error_model="numpy")
 def _shift(orow, xr, m, log_s):
     """``orow = (xr - m) - log_s``, in this order (no reassociation here): ``xr - m`` is
     exact near the maximum, so log_softmax there keeps its relative accuracy."""
@@ -665,7 +712,7 @@ def _shift(orow, xr, m, log_s):
         orow[c] = (xr[c] - m) - log_s
 
 
-@njit(nogil=True, fastmath=_FM, cache=True, error_model="numpy")
+@njit(nogil=True, fastmath=_FM, cache=_CACHE, error_model="numpy")
 def _softmax_rows(lo, hi, x, out_arg, log, lse_out):
     """softmax (log=0), log_softmax (log=1) into out (x itself when out_arg is None), or only
     the logsumexp into lse_out (log=2)."""
@@ -717,6 +764,19 @@ def _softmax_rows(lo, hi, x, out_arg, log, lse_out):
 _MIN_PARALLEL = 1 << 16
 _pool = None
 _pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool came along without its threads (a fork copies
+    only the calling thread), so work handed to it would wait forever; and the lock may have
+    been held by another parent thread. Start afresh: the next threaded call makes a pool."""
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; elsewhere there is no fork
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _chunks(n: int, c: int) -> int:
