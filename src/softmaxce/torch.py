@@ -9,8 +9,10 @@ How it runs:
 * **CPU tensors** (float16, float32, float64; bfloat16 through a float32 copy): one fused pass of
   :func:`softmaxce._api.fused` on the tensor's own memory (``Tensor.numpy()``, no copy) computes
   the loss *and* the gradient in the forward; the backward only scales the saved gradient by
-  ``grad_output``. The kernel is whatever ``softmaxce._dispatch`` picks (NumPy core or numba).
-  With ``inplace_backward=True`` the gradient is written into the input's storage.
+  ``grad_output`` (in place: the first backward gives it away; a later one, with
+  ``retain_graph=True``, recomputes it). The kernel is whatever ``softmaxce._dispatch`` picks
+  (NumPy core or numba). With ``inplace_backward=True`` the gradient is written into the
+  input's storage.
 * **Other devices** (CUDA, ...): a pure-PyTorch implementation of the same math
   (``log_softmax``-based, every option), differentiated by autograd. Nothing is copied to the
   host.
@@ -485,7 +487,14 @@ def _reference(
 
 class _FusedCrossEntropy(torch.autograd.Function):
     """Forward: loss and gradient in one fused pass. Backward: the saved gradient times
-    ``grad_output``; with ``create_graph=True`` the pure-PyTorch gradient, differentiable."""
+    ``grad_output``; with ``create_graph=True`` the pure-PyTorch gradient, differentiable.
+
+    The first backward gives the saved gradient away, without a copy: it returns it as is for
+    ``grad_output == 1`` and scales it in place otherwise. From then on it belongs to the caller,
+    who may change it, as they may change what ``F.cross_entropy`` returns; it is never read
+    again. A later backward (``retain_graph=True``) recomputes the gradient from the saved input,
+    or raises with ``inplace_backward``, whose gradient is the input's storage.
+    """
 
     @staticmethod
     def forward(ctx, input, target, weight, opts, inplace):
@@ -499,7 +508,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
             loss, grad = _ce_grad_op(input, target, weight, *opts)
         ctx.opts = opts
         ctx.inplace = inplace
-        ctx.consumed = False
+        ctx.given_away = False
         if inplace:
             ctx.save_for_backward(grad, None, target, weight)
         else:
@@ -508,11 +517,11 @@ class _FusedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        if ctx.consumed:
+        if ctx.inplace and ctx.given_away:
             msg = (
                 "softmaxce.torch.cross_entropy(inplace_backward=True): the backward can run only "
-                "once (the gradient lives in the input's storage and was scaled in place); "
-                "use inplace_backward=False with retain_graph=True"
+                "once (the gradient lives in the input's storage, which the first backward gave "
+                "away); use inplace_backward=False with retain_graph=True"
             )
             raise RuntimeError(msg)
         grad, input, target, weight = ctx.saved_tensors
@@ -532,15 +541,19 @@ class _FusedCrossEntropy(torch.autograd.Function):
         scale = grad_output if grad_output.dim() == 0 else grad_output.unsqueeze(1)
         if torch.compiler.is_compiling():
             return grad * scale, None, None, None, None
+        if ctx.given_away:
+            grad = _run_fused(input, target, weight, *ctx.opts, want_grad=True, inplace=False)[1]
+        else:
+            ctx.given_away = True
+            # Out of place, ``.data`` gives the caller's tensor a version counter of its own: a
+            # change to it must not fail the version check of the saved tensors in a later
+            # backward, which only reads the input.
+            grad = grad if ctx.inplace else grad.data
+        # (``bool`` would be a host sync on other devices; the fused path runs on CPU only)
         unit = (
             grad_output.dim() == 0 and grad_output.device.type == "cpu" and bool(grad_output == 1)
         )
-        if unit:
-            return grad, None, None, None, None
-        if ctx.inplace:
-            ctx.consumed = True
-            return grad.mul_(scale), None, None, None, None
-        return grad * scale, None, None, None, None
+        return (grad if unit else grad.mul_(scale)), None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -593,15 +606,17 @@ def cross_entropy(
 
     Gradients: with respect to ``input`` (and, through the pure-PyTorch path, to a probability
     ``target`` or ``weight`` that requires grad). On CPU the forward computes the gradient in the
-    same fused pass and the backward only scales it by ``grad_output``; double backward
+    same fused pass and the backward only scales it by ``grad_output`` (the returned gradient is
+    the caller's: a later backward with ``retain_graph=True`` recomputes it); double backward
     (``create_graph=True``) recomputes it with PyTorch ops. Other devices use the pure-PyTorch
     implementation.
 
     ``inplace_backward=True`` (CPU) writes the gradient into ``input``'s storage during the
     forward, so no ``N x C`` gradient is allocated: **afterwards ``input`` holds the gradient,
     not the logits**. It needs a contiguous input that is not a leaf requiring grad (nor a view
-    of one), runs only when a gradient is required (otherwise ``input`` is left alone), and has
-    no double backward. On other devices it is accepted and changes nothing.
+    of one), runs only when a gradient is required (otherwise ``input`` is left alone), and its
+    backward runs only once (no ``retain_graph`` reuse, no double backward). On other devices
+    it is accepted and changes nothing.
 
     Examples
     --------
