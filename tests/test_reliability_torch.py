@@ -184,3 +184,92 @@ def test_compiled_backward_gradient_is_not_the_state_of_the_next_backward():
     g1.data.zero_()
     (g2,) = torch.autograd.grad(loss, x)
     torch.testing.assert_close(g2, f_gradient(x, t), **TOL64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Positions that carry no weight: loss 0 and gradient exactly 0, also with a NaN logit
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["fused", "pure"])
+def path(request, monkeypatch):
+    """The fused CPU kernels, or the pure-PyTorch path (what non-CPU devices take)."""
+    if request.param == "pure":
+        monkeypatch.setattr(sct, "_FUSED_DEVICES", frozenset())
+    return request.param
+
+
+NAN_ROW_OPTIONS = {
+    "plain": {},
+    "everything": {"label_smoothing": 0.2, "z_loss": 0.01, "softcap": 4.0},
+}
+
+
+def nan_row_case(target_kind):
+    """weight [0, 1, 1], every target class 0 (W == 0), a NaN logit in row 0."""
+    x = torch.tensor([[math.nan, 1.0, 2.0], [0.5, 0.0, 1.0]], dtype=torch.float64)
+    weight = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+    t = torch.tensor([0, 0])
+    if target_kind == "prob":
+        t = F.one_hot(t, 3).double()
+    return x.requires_grad_(), t, weight
+
+
+@pytest.mark.parametrize("option", list(NAN_ROW_OPTIONS))
+@pytest.mark.parametrize("target_kind", ["index", "prob"])
+def test_zero_weight_mass_with_nan_logit_gives_zero_loss_and_gradient(target_kind, option, path):
+    x, t, weight = nan_row_case(target_kind)
+    kw = NAN_ROW_OPTIONS[option]
+    loss = sct.cross_entropy(x, t, weight, **kw)
+    (g,) = torch.autograd.grad(loss, x)
+    assert loss.item() == 0.0
+    assert torch.equal(g, torch.zeros_like(g)), g
+
+
+@pytest.mark.parametrize("target_kind", ["index", "prob"])
+def test_zero_weight_mass_with_nan_logit_keeps_torch_nan(target_kind, path):
+    x, t, weight = nan_row_case(target_kind)
+    ours = sct.cross_entropy(x, t, weight, semantics="torch")
+    (g_ours,) = torch.autograd.grad(ours, x)
+    theirs = F.cross_entropy(x, t, weight)
+    (g_theirs,) = torch.autograd.grad(theirs, x)
+    assert torch.isnan(ours) and torch.isnan(theirs)
+    torch.testing.assert_close(g_ours, g_theirs, equal_nan=True)
+
+
+def test_zero_weight_mass_with_nan_logit_zero_target_and_weight_gradients():
+    """Target and weight that require grad (the pure-PyTorch path): their gradients are 0 too."""
+    x, t, weight = nan_row_case("prob")
+    t.requires_grad_()
+    weight.requires_grad_()
+    loss = sct.cross_entropy(x, t, weight, label_smoothing=0.1)
+    grads = torch.autograd.grad(loss, (x, t, weight))
+    assert loss.item() == 0.0
+    for g in grads:
+        assert torch.equal(g, torch.zeros_like(g)), g
+
+
+def test_zero_weight_mass_with_nan_logit_double_backward_is_zero():
+    x, t, weight = nan_row_case("index")
+    loss = sct.cross_entropy(x, t, weight)
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), x)
+    assert torch.equal(g.detach(), torch.zeros_like(g)), g
+    assert torch.equal(gg, torch.zeros_like(gg)), gg
+
+
+@pytest.mark.parametrize("ignored", ["row_0", "every_row"])
+def test_ignored_position_with_nan_logit_gets_zero_gradient(ignored, path):
+    """softmaxce semantics: an ignored position contributes 0 to the loss and to the gradient,
+    whatever its logits (F.cross_entropy's gradient there is NaN)."""
+    x = torch.tensor([[math.nan, 1.0, 2.0], [0.5, 0.0, 1.0]], dtype=torch.float64)
+    x.requires_grad_()
+    t = torch.tensor([-100, 1] if ignored == "row_0" else [-100, -100])
+    loss = sct.cross_entropy(x, t)
+    (g,) = torch.autograd.grad(loss, x)
+    assert torch.equal(g[0], torch.zeros(3, dtype=torch.float64)), g
+    if ignored == "row_0":
+        torch.testing.assert_close(loss, F.cross_entropy(x[1:], t[1:]), **TOL64)
+        torch.testing.assert_close(g[1:], f_gradient(x[1:], t[1:]), **TOL64)
+    else:
+        assert loss.item() == 0.0 and not g.any()

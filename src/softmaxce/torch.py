@@ -432,52 +432,75 @@ def _reference(
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     eps = label_smoothing
     n_classes = x.shape[1]
-    z = x.to(acc)
-    if softcap is not None:
-        z = softcap * torch.tanh(z / softcap)
-    logp = torch.log_softmax(z, 1)  # z_c - lse
     bshape = (1, n_classes) + (1,) * (x.dim() - 2)
     w = None if weight is None else weight.to(acc).reshape(bshape)
+    # the target side first: which positions count, and the mean's denominator W
     if target.is_floating_point():
         y = target.to(acc)
-        q = y * (1.0 - eps) + eps / n_classes if eps else y
-        wq = q if w is None else q * w
-        rows = -_xmul(wq, logp).sum(1)
         mass = (y if w is None else y * w).sum(1)
         valid = None
     else:
         valid = target != ignore_index
         t = torch.where(valid, target, 0).long()
+        wt = torch.ones(t.shape, dtype=acc, device=x.device) if w is None else weight.to(acc)[t]
+        mass = torch.where(valid, wt, 0.0)
+    denom = None
+    if reduction == "mean":
+        if mean_by == "mass":
+            denom = mass.sum()
+        else:  # "positions"
+            denom = torch.tensor(float(mass.numel()), dtype=acc, device=x.device)
+    z = x.to(acc)
+    if empty == "zero":
+        z = _silence(z, valid, None if denom is None else denom == 0)
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    logp = torch.log_softmax(z, 1)  # z_c - lse
+    if valid is None:
+        q = y * (1.0 - eps) + eps / n_classes if eps else y
+        rows = -_xmul(q if w is None else q * w, logp).sum(1)
+    else:
         nll = -logp.gather(1, t.unsqueeze(1)).squeeze(1)
-        wt = torch.ones_like(nll) if weight is None else weight.to(acc)[t]
         rows = _xmul((1.0 - eps) * wt, nll)
         if eps:
             w_all = torch.ones(bshape, dtype=acc, device=x.device) if w is None else w
             rows = rows - (eps / n_classes) * _xmul(w_all.expand_as(logp), logp).sum(1)
-        mass = torch.where(valid, wt, 0.0)
     if z_loss:
         lse = torch.logsumexp(z, 1)
         rows = rows + z_loss * lse * lse
     if valid is not None:
         rows = torch.where(valid, rows, 0.0)
-    if reduction == "none":
-        return rows.to(x.dtype)
-    total = rows.sum()
-    if reduction == "sum":
-        return total.to(x.dtype)
-    if mean_by == "mass":
-        denom = mass.sum()
-    else:  # "positions"
-        denom = torch.tensor(float(rows.numel()), dtype=acc, device=x.device)
+    if denom is None:
+        return (rows if reduction == "none" else rows.sum()).to(x.dtype)
+    return _mean(rows.sum(), denom, empty).to(x.dtype)
+
+
+def _silence(
+    z: torch.Tensor, valid: torch.Tensor | None, empty_batch: torch.Tensor | None
+) -> torch.Tensor:
+    """The logits with those of positions that carry no weight set to 0: ignored positions, and
+    every position when the mean's ``W`` is 0 (``empty_batch``). Their loss is 0 by the
+    formulas; this makes their gradient exactly 0 as well, also where a logit is NaN or inf: a
+    zero upstream gradient does not stop a NaN in the backward of ``log_softmax``
+    (``0 - exp(NaN) * 0``). softmaxce semantics only; PyTorch's keeps the NaN."""
+    if valid is None and empty_batch is None:
+        return z
+    if valid is None:
+        keep = ~empty_batch
+    else:
+        keep = valid.unsqueeze(1) if empty_batch is None else valid.unsqueeze(1) & ~empty_batch
+    return torch.where(keep, z, 0.0)
+
+
+def _mean(total: torch.Tensor, denom: torch.Tensor, empty: str) -> torch.Tensor:
+    """``total / denom``, with ``denom == 0`` giving NaN (``empty="nan"``) or 0 (``"zero"``)."""
     empty_batch = denom == 0
     if empty == "nan":
         # PyTorch: W == 0 gives NaN (and a NaN gradient unless every position is ignored).
-        out = total / torch.where(empty_batch, math.nan, denom)
-    else:
-        # W == 0: loss 0 and gradient 0, never NaN (the safe denominator keeps 0/0 out of the
-        # backward as well).
-        out = torch.where(empty_batch, 0.0, total / torch.where(empty_batch, 1.0, denom))
-    return out.to(x.dtype)
+        return total / torch.where(empty_batch, math.nan, denom)
+    # W == 0: loss 0 and gradient 0, never NaN (the safe denominator keeps 0/0 out of the
+    # backward as well).
+    return torch.where(empty_batch, 0.0, total / torch.where(empty_batch, 1.0, denom))
 
 
 # --------------------------------------------------------------------------------------------
