@@ -449,7 +449,7 @@ def _reference(
         if mean_by == "mass":
             denom = mass.sum()
         else:  # "positions"
-            denom = torch.tensor(float(mass.numel()), dtype=acc, device=x.device)
+            denom = torch.full((), float(mass.numel()), dtype=acc, device=x.device)
     z = x.to(acc)
     if empty == "zero":
         z = _silence(z, valid, None if denom is None else denom == 0)
