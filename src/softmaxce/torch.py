@@ -9,8 +9,10 @@ How it runs:
 * **CPU tensors** (float16, float32, float64; bfloat16 through a float32 copy): one fused pass of
   :func:`softmaxce._api.fused` on the tensor's own memory (``Tensor.numpy()``, no copy) computes
   the loss *and* the gradient in the forward; the backward only scales the saved gradient by
-  ``grad_output``. The kernel is whatever ``softmaxce._dispatch`` picks (NumPy core or numba).
-  With ``inplace_backward=True`` the gradient is written into the input's storage.
+  ``grad_output`` (in place: the first backward gives it away; a later one, with
+  ``retain_graph=True``, recomputes it). The kernel is whatever ``softmaxce._dispatch`` picks
+  (NumPy core or numba). With ``inplace_backward=True`` the gradient is written into the
+  input's storage.
 * **Other devices** (CUDA, ...): a pure-PyTorch implementation of the same math
   (``log_softmax``-based, every option), differentiated by autograd. Nothing is copied to the
   host.
@@ -430,52 +432,75 @@ def _reference(
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     eps = label_smoothing
     n_classes = x.shape[1]
-    z = x.to(acc)
-    if softcap is not None:
-        z = softcap * torch.tanh(z / softcap)
-    logp = torch.log_softmax(z, 1)  # z_c - lse
     bshape = (1, n_classes) + (1,) * (x.dim() - 2)
     w = None if weight is None else weight.to(acc).reshape(bshape)
+    # the target side first: which positions count, and the mean's denominator W
     if target.is_floating_point():
         y = target.to(acc)
-        q = y * (1.0 - eps) + eps / n_classes if eps else y
-        wq = q if w is None else q * w
-        rows = -_xmul(wq, logp).sum(1)
         mass = (y if w is None else y * w).sum(1)
         valid = None
     else:
         valid = target != ignore_index
         t = torch.where(valid, target, 0).long()
+        wt = torch.ones(t.shape, dtype=acc, device=x.device) if w is None else weight.to(acc)[t]
+        mass = torch.where(valid, wt, 0.0)
+    denom = None
+    if reduction == "mean":
+        if mean_by == "mass":
+            denom = mass.sum()
+        else:  # "positions"
+            denom = torch.full((), float(mass.numel()), dtype=acc, device=x.device)
+    z = x.to(acc)
+    if empty == "zero":
+        z = _silence(z, valid, None if denom is None else denom == 0)
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    logp = torch.log_softmax(z, 1)  # z_c - lse
+    if valid is None:
+        q = y * (1.0 - eps) + eps / n_classes if eps else y
+        rows = -_xmul(q if w is None else q * w, logp).sum(1)
+    else:
         nll = -logp.gather(1, t.unsqueeze(1)).squeeze(1)
-        wt = torch.ones_like(nll) if weight is None else weight.to(acc)[t]
         rows = _xmul((1.0 - eps) * wt, nll)
         if eps:
             w_all = torch.ones(bshape, dtype=acc, device=x.device) if w is None else w
             rows = rows - (eps / n_classes) * _xmul(w_all.expand_as(logp), logp).sum(1)
-        mass = torch.where(valid, wt, 0.0)
     if z_loss:
         lse = torch.logsumexp(z, 1)
         rows = rows + z_loss * lse * lse
     if valid is not None:
         rows = torch.where(valid, rows, 0.0)
-    if reduction == "none":
-        return rows.to(x.dtype)
-    total = rows.sum()
-    if reduction == "sum":
-        return total.to(x.dtype)
-    if mean_by == "mass":
-        denom = mass.sum()
-    else:  # "positions"
-        denom = torch.tensor(float(rows.numel()), dtype=acc, device=x.device)
+    if denom is None:
+        return (rows if reduction == "none" else rows.sum()).to(x.dtype)
+    return _mean(rows.sum(), denom, empty).to(x.dtype)
+
+
+def _silence(
+    z: torch.Tensor, valid: torch.Tensor | None, empty_batch: torch.Tensor | None
+) -> torch.Tensor:
+    """The logits with those of positions that carry no weight set to 0: ignored positions, and
+    every position when the mean's ``W`` is 0 (``empty_batch``). Their loss is 0 by the
+    formulas; this makes their gradient exactly 0 as well, also where a logit is NaN or inf: a
+    zero upstream gradient does not stop a NaN in the backward of ``log_softmax``
+    (``0 - exp(NaN) * 0``). softmaxce semantics only; PyTorch's keeps the NaN."""
+    if valid is None and empty_batch is None:
+        return z
+    if valid is None:
+        keep = ~empty_batch
+    else:
+        keep = valid.unsqueeze(1) if empty_batch is None else valid.unsqueeze(1) & ~empty_batch
+    return torch.where(keep, z, 0.0)
+
+
+def _mean(total: torch.Tensor, denom: torch.Tensor, empty: str) -> torch.Tensor:
+    """``total / denom``, with ``denom == 0`` giving NaN (``empty="nan"``) or 0 (``"zero"``)."""
     empty_batch = denom == 0
     if empty == "nan":
         # PyTorch: W == 0 gives NaN (and a NaN gradient unless every position is ignored).
-        out = total / torch.where(empty_batch, math.nan, denom)
-    else:
-        # W == 0: loss 0 and gradient 0, never NaN (the safe denominator keeps 0/0 out of the
-        # backward as well).
-        out = torch.where(empty_batch, 0.0, total / torch.where(empty_batch, 1.0, denom))
-    return out.to(x.dtype)
+        return total / torch.where(empty_batch, math.nan, denom)
+    # W == 0: loss 0 and gradient 0, never NaN (the safe denominator keeps 0/0 out of the
+    # backward as well).
+    return torch.where(empty_batch, 0.0, total / torch.where(empty_batch, 1.0, denom))
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,7 +510,14 @@ def _reference(
 
 class _FusedCrossEntropy(torch.autograd.Function):
     """Forward: loss and gradient in one fused pass. Backward: the saved gradient times
-    ``grad_output``; with ``create_graph=True`` the pure-PyTorch gradient, differentiable."""
+    ``grad_output``; with ``create_graph=True`` the pure-PyTorch gradient, differentiable.
+
+    The first backward gives the saved gradient away, without a copy: it returns it as is for
+    ``grad_output == 1`` and scales it in place otherwise. From then on it belongs to the caller,
+    who may change it, as they may change what ``F.cross_entropy`` returns; it is never read
+    again. A later backward (``retain_graph=True``) recomputes the gradient from the saved input,
+    or raises with ``inplace_backward``, whose gradient is the input's storage.
+    """
 
     @staticmethod
     def forward(ctx, input, target, weight, opts, inplace):
@@ -499,7 +531,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
             loss, grad = _ce_grad_op(input, target, weight, *opts)
         ctx.opts = opts
         ctx.inplace = inplace
-        ctx.consumed = False
+        ctx.given_away = False
         if inplace:
             ctx.save_for_backward(grad, None, target, weight)
         else:
@@ -508,11 +540,11 @@ class _FusedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        if ctx.consumed:
+        if ctx.inplace and ctx.given_away:
             msg = (
                 "softmaxce.torch.cross_entropy(inplace_backward=True): the backward can run only "
-                "once (the gradient lives in the input's storage and was scaled in place); "
-                "use inplace_backward=False with retain_graph=True"
+                "once (the gradient lives in the input's storage, which the first backward gave "
+                "away); use inplace_backward=False with retain_graph=True"
             )
             raise RuntimeError(msg)
         grad, input, target, weight = ctx.saved_tensors
@@ -532,15 +564,19 @@ class _FusedCrossEntropy(torch.autograd.Function):
         scale = grad_output if grad_output.dim() == 0 else grad_output.unsqueeze(1)
         if torch.compiler.is_compiling():
             return grad * scale, None, None, None, None
+        if ctx.given_away:
+            grad = _run_fused(input, target, weight, *ctx.opts, want_grad=True, inplace=False)[1]
+        else:
+            ctx.given_away = True
+            # Out of place, ``.data`` gives the caller's tensor a version counter of its own: a
+            # change to it must not fail the version check of the saved tensors in a later
+            # backward, which only reads the input.
+            grad = grad if ctx.inplace else grad.data
+        # (``bool`` would be a host sync on other devices; the fused path runs on CPU only)
         unit = (
             grad_output.dim() == 0 and grad_output.device.type == "cpu" and bool(grad_output == 1)
         )
-        if unit:
-            return grad, None, None, None, None
-        if ctx.inplace:
-            ctx.consumed = True
-            return grad.mul_(scale), None, None, None, None
-        return grad * scale, None, None, None, None
+        return (grad if unit else grad.mul_(scale)), None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -593,15 +629,17 @@ def cross_entropy(
 
     Gradients: with respect to ``input`` (and, through the pure-PyTorch path, to a probability
     ``target`` or ``weight`` that requires grad). On CPU the forward computes the gradient in the
-    same fused pass and the backward only scales it by ``grad_output``; double backward
+    same fused pass and the backward only scales it by ``grad_output`` (the returned gradient is
+    the caller's: a later backward with ``retain_graph=True`` recomputes it); double backward
     (``create_graph=True``) recomputes it with PyTorch ops. Other devices use the pure-PyTorch
     implementation.
 
     ``inplace_backward=True`` (CPU) writes the gradient into ``input``'s storage during the
     forward, so no ``N x C`` gradient is allocated: **afterwards ``input`` holds the gradient,
     not the logits**. It needs a contiguous input that is not a leaf requiring grad (nor a view
-    of one), runs only when a gradient is required (otherwise ``input`` is left alone), and has
-    no double backward. On other devices it is accepted and changes nothing.
+    of one), runs only when a gradient is required (otherwise ``input`` is left alone), and its
+    backward runs only once (no ``retain_graph`` reuse, no double backward). On other devices
+    it is accepted and changes nothing.
 
     Examples
     --------
