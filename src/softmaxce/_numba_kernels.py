@@ -25,16 +25,21 @@ logits), combined per row in float64; terms with ``w_c q_c == 0`` count 0 even w
 
 The exponential. ``np.exp`` in a numba loop is a scalar libm call on machines without SVML, so
 the kernels use their own, written so that LLVM vectorises it (AVX2: 8 float32 lanes):
-``exp(v) = 2**k * P(r)``, ``k = round(v / ln 2)`` by the magic-number trick (adding
-``1.5 * 2**23 + 127`` leaves ``k + 127`` in the low mantissa bits, which shifted left by 23 are
-the bits of ``2**k``), ``r = v - k ln 2`` with ``ln 2`` split Cody-Waite style (a high part with
-trailing zero bits, so ``k * ln2_hi`` is exact, and a low part), and ``P`` a near-minimax
-degree-6 polynomial (float32, relative error 2e-9 on ``|r| <= ln(2)/2``; measured total error
-below 2 ulp) or the degree-13 Taylor polynomial (float64). The argument is clamped below at
--88 (float64: -709) where ``k`` becomes -127 (-1023): the exponent bits of ``2**k`` are then 0,
-so ``exp(-inf)`` and everything that would be subnormal come out exactly 0 without a mask
-(absolute error below 1.2e-38). The clamp is a select that compiles to ``vmaxps(-88, v)``,
-which passes a NaN ``v`` through: NaN logits make the row's sum, loss and gradient NaN, as
+``exp(v) = 2**k * P(r)``, ``k = round(v / ln 2)`` by the magic-number trick, ``r = v - k ln 2``
+with ``ln 2`` split Cody-Waite style (a high part with trailing zero bits, so ``k * ln2_hi`` is
+exact, and a low part), and ``P`` a near-minimax degree-6 polynomial (float32, relative error
+2e-9 on ``|r| <= ln(2)/2``; measured total error below 1 ulp) or the degree-13 Taylor
+polynomial (float64). Subnormal results are kept, as NumPy keeps them: the product is formed as
+``(2**-B P(r)) * 2**(k + B)`` (B = 24 for float32, 54 for float64), where the factor ``2**-B``
+lives in P's coefficients (a power of two: the same roundings, scaled, at no cost) and
+``2**(k + B)`` is a normal number down to the smallest k whose result does not round to 0, so
+the one product rounds a subnormal result correctly. Adding ``1.5 * 2**23 + 127 + 24`` leaves
+``k + 151`` in the low mantissa bits, which shifted left by 23 are the bits of ``2**(k + 24)``
+(float64 likewise with ``1023 + 54``). The argument is clamped below at -104.5 (float64:
+-746.4), where ``exp`` rounds to 0 and ``k + 151`` (``k + 1077``) becomes 0: the bits of
+``2**(k + B)`` are then all 0, so ``exp(-inf)`` and everything below is exactly 0, with no
+mask and no underflow. The clamp is a select that compiles to ``vmaxps(-104.5, v)``, which
+passes a NaN ``v`` through: NaN logits make the row's sum, loss and gradient NaN, as
 everywhere else. Only the ``contract`` fast-math flag is used in the exponential (FMA), so the
 rounding trick and the range reduction are kept exactly as written; the loops use
 ``reassoc``/``nsz`` so that their sums vectorise, never ``nnan``/``ninf``.
@@ -264,53 +269,63 @@ def _ov_ebuf(g_arg, xr, g, i, scratch):
     return lambda g_arg, xr, g, i, scratch: _grow(g_arg, xr, g, i)
 
 
+# exp(v) = (2**-B P(r)) * 2**(k + B), so that subnormal results are rounded, not flushed (see
+# the module docstring): B = 24 (float32), 54 (float64); P's coefficients carry the 2**-B.
+_S32 = 2.0**-24
+_S64 = 2.0**-54
+_MAGIC32 = 12583063.0  # 1.5 * 2**23 + 127 + 24
+_MAGIC64 = 6755399441056821.0  # 1.5 * 2**52 + 1023 + 54
+_CLAMP32 = -104.5  # k = -151: 2**(k + 24) has zero bits; exp(v) < 2**-150.5 rounds to 0 below
+_CLAMP64 = -746.4  # k = -1077: likewise; exp(v) < 2**-1076.5 rounds to 0 below
+
+
 @njit(fastmath=_FM_EXP, cache=True, error_model="numpy")
 def _exp32(v):
-    """exp(v) for v <= 0, -inf or NaN (NaN in, NaN out)."""
-    # Clamp: v <= -88 (and -inf) gives k = -127, whose exponent bits are 0, so the result is
-    # exactly 0 without a mask. A select of this form compiles to one vmaxps(-88, v), which
-    # returns v when v is NaN: the NaN then flows through r and p into the result.
-    vc = np.float32(-88.0) if v < np.float32(-88.0) else v
-    # Rounding by the magic number 1.5 * 2**23 + 127: the low bits of `kb` hold k + 127, and
+    """exp(v) for v <= 0, -inf or NaN (NaN in, NaN out); subnormal results as NumPy's."""
+    # Clamp: v <= -104.5 (and -inf) gives k = -151 and exactly 0. A select of this form
+    # compiles to one vmaxps(-104.5, v), which returns v when v is NaN: the NaN then flows
+    # through r and p into the result.
+    vc = np.float32(_CLAMP32) if v < np.float32(_CLAMP32) else v
+    # Rounding by the magic number 1.5 * 2**23 + 151: the low bits of `kb` hold k + 151, and
     # kb - magic is k exactly (no reassociation is allowed in this function).
-    kb = vc * np.float32(1.4426950408889634) + np.float32(12583039.0)
-    kf = kb - np.float32(12583039.0)
+    kb = vc * np.float32(1.4426950408889634) + np.float32(_MAGIC32)
+    kf = kb - np.float32(_MAGIC32)
     r = vc - kf * np.float32(0.693145751953125)  # ln 2 high part: 12 significant bits
     r = r - kf * np.float32(1.4286068203094172e-06)  # ln 2 - high part
-    # near-minimax degree-6 polynomial for exp on [-ln2/2, ln2/2] (rel. error 1.9e-9)
-    p = np.float32(0.0013841403415426612)
-    p = p * r + np.float32(0.008374842815101147)
-    p = p * r + np.float32(0.04166814312338829)
-    p = p * r + np.float32(0.16666419804096222)
-    p = p * r + np.float32(0.49999991059303284)
-    p = p * r + np.float32(1.0)
-    p = p * r + np.float32(1.0)
-    return p * _i32_as_f32(_f32_bits(kb) << np.int32(23))  # 2**k from k + 127
+    # near-minimax degree-6 polynomial for exp on [-ln2/2, ln2/2] (rel. error 1.9e-9), times 2**-24
+    p = np.float32(0.0013841403415426612 * _S32)
+    p = p * r + np.float32(0.008374842815101147 * _S32)
+    p = p * r + np.float32(0.04166814312338829 * _S32)
+    p = p * r + np.float32(0.16666419804096222 * _S32)
+    p = p * r + np.float32(0.49999991059303284 * _S32)
+    p = p * r + np.float32(_S32)
+    p = p * r + np.float32(_S32)
+    return p * _i32_as_f32(_f32_bits(kb) << np.int32(23))  # 2**(k + 24) from k + 151
 
 
 @njit(fastmath=_FM_EXP, cache=True, error_model="numpy")
 def _exp64(v):
-    """exp(v) for v <= 0, -inf or NaN; results below 2**-1022 flush to 0."""
-    vc = -709.0 if v < -709.0 else v  # -> k = -1023: exponent bits 0, result exactly 0
-    kb = vc * 1.4426950408889634 + 6755399441056767.0  # 1.5 * 2**52 + 1023
-    kf = kb - 6755399441056767.0
+    """exp(v) for v <= 0, -inf or NaN; subnormal results as NumPy's."""
+    vc = _CLAMP64 if v < _CLAMP64 else v  # -> k = -1077: zero bits, result exactly 0
+    kb = vc * 1.4426950408889634 + _MAGIC64
+    kf = kb - _MAGIC64
     r = vc - kf * 6.93147180369123816490e-01  # fdlibm's ln2_hi (trailing zeros)
     r = r - kf * 1.90821492927058770002e-10  # ln2_lo
-    p = 1.0 / 6227020800.0  # Taylor, degree 13: truncation error 4e-18 on |r| <= ln2/2
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
-    return p * _i64_as_f64(_f64_bits(kb) << np.int64(52))
+    p = _S64 / 6227020800.0  # Taylor, degree 13: truncation error 4e-18 on |r| <= ln2/2
+    p = p * r + _S64 / 479001600.0
+    p = p * r + _S64 / 39916800.0
+    p = p * r + _S64 / 3628800.0
+    p = p * r + _S64 / 362880.0
+    p = p * r + _S64 / 40320.0
+    p = p * r + _S64 / 5040.0
+    p = p * r + _S64 / 720.0
+    p = p * r + _S64 / 120.0
+    p = p * r + _S64 / 24.0
+    p = p * r + _S64 / 6.0
+    p = p * r + _S64 * 0.5
+    p = p * r + _S64
+    p = p * r + _S64
+    return p * _i64_as_f64(_f64_bits(kb) << np.int64(52))  # 2**(k + 54) from k + 1077
 
 
 def _exp(v):
