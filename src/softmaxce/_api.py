@@ -507,7 +507,7 @@ def softmax_cross_entropy_with_grad(
     .. math:: \frac{\partial L_i}{\partial z_{ic}} = v_i\Bigl[\Bigl(\sum_k w_k q_{ik}\Bigr)
               p_{ic} - w_c q_{ic} + 2 \zeta\,\mathrm{lse}_i\, p_{ic}\Bigr]
 
-    (``p = softmax(z)``), times ``1 - (z / s)^2`` with a softcap. This is exact even when the
+    (``p = softmax(z)``), times ``1 / cosh(x / s)^2`` with a softcap. This is exact even when the
     target rows do not sum to 1. With ``inplace=True`` the gradient is written into ``logits``
     (which must be a writable, C-contiguous float array) and ``logits`` itself is returned:
     no N x C array is allocated. Otherwise no input is modified.

@@ -20,8 +20,10 @@ Numerics (the derivation, once):
   the end; float64 stays float64.
 * Gradient of ``L = sum_c w_c q_c (lse - z_c) + zeta * lse**2`` with respect to ``z``:
   ``dL/dz_c = (sum_k w_k q_k) p_c - w_c q_c + 2 zeta lse p_c``. This is exact also when the
-  target row does not sum to 1 (frameworks that use ``p - q`` assume it does). With a softcap
-  ``z = cap * tanh(x / cap)`` the chain rule multiplies by ``1 - (z / cap)**2``.
+  target row does not sum to 1 (frameworks that use ``p - q`` assume it does).
+* With a softcap ``z = cap * tanh(x / cap)`` the chain rule multiplies by
+  ``1 / cosh(x / cap)**2``, formed as ``4 e / (1 + e)**2`` with ``e = exp(-2 |x / cap|)``:
+  ``1 - tanh**2`` loses every digit once tanh rounds to 1 (float32 ``|x / cap| > 9``).
 """
 
 from __future__ import annotations
@@ -135,6 +137,26 @@ def _xmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(a == 0, 0.0, a * b)
 
 
+def _softcap(x: np.ndarray, cap: np.floating) -> tuple[np.ndarray, np.ndarray]:
+    """``z = cap tanh(u)`` and ``dz/dx = 1 / cosh(u)**2`` for ``u = x / cap`` (``x`` is ours).
+
+    The derivative is formed as ``4 e / (1 + e)**2`` with ``e = exp(-2 |u|)``, which has no
+    cancellation: ``1 - tanh(u)**2`` loses every digit once ``tanh(u)`` rounds to 1 (|u| > 9
+    in float32, > 19 in float64), although the derivative is still far from 0 there.
+    """
+    x /= cap  # u
+    z = np.tanh(x)
+    z *= cap
+    np.abs(x, out=x)
+    x *= -2.0
+    e = np.exp(x, out=x)
+    den = e + 1.0
+    den *= den
+    e *= 4.0
+    e /= den
+    return z, e
+
+
 def target_mass(
     target: np.ndarray, weight: np.ndarray | None, ignore_index: int, valid: np.ndarray
 ) -> np.ndarray:
@@ -189,9 +211,7 @@ def fused_rows(
         elif softcap is None:
             z = x.astype(acc)
         else:
-            z = np.tanh(x.astype(acc) / acc.type(softcap))
-            cap_grad = 1.0 - z * z  # d z / d x, before z is scaled
-            z *= acc.type(softcap)
+            z, cap_grad = _softcap(x.astype(acc), acc.type(softcap))
 
         if where is not None:
             z[~where] = -np.inf

@@ -51,9 +51,12 @@ the CPU; the exponentials of a float16 row wait in a float32 scratch row (C floa
 so the gradient is rounded to float16 once.
 
 The general path (``where``, softcap, KL, soft targets) keeps the capped and masked row ``z`` in
-a scratch row of C accumulator floats per thread (not N x C), and still computes one
-exponential per element and writes the gradient once; its loop bodies carry per-element
-branches and ``tanh`` is a libm call, so it is several times slower than the hot path.
+a scratch row of C accumulator floats per thread (not N x C), and, with a softcap, the chain
+rule's factor ``dz/dx = 1 / cosh(x / cap)**2`` in a second one, computed with ``tanh`` in the
+first pass as ``4 e / (1 + e)**2``, ``e = exp(-2 |x / cap|)`` (``1 - tanh**2`` cancels: 100%
+error once tanh rounds to 1). Beyond that it computes one exponential per element and writes
+the gradient once; its loop bodies carry per-element branches and float64 ``tanh`` is a libm
+call, so it is several times slower than the hot path.
 
 Threads: rows are split in contiguous chunks, one per thread (``NUMBA_NUM_THREADS``, default
 the CPU count), run by ``nogil`` kernels on a small Python thread pool; problems below 65536
@@ -341,9 +344,11 @@ def _ov_exp(v):
 
 @njit(fastmath=_FM_EXP, cache=True, error_model="numpy")
 def _tanh32(u):
-    """tanh for float32, vectorisable: an odd near-minimax polynomial for |u| < 0.625 (rel.
-    error 4.5e-9), else (1 - e) / (1 + e) with e = exp(-2|u|); measured error below 3 ulp.
-    ±inf give ±1, NaN gives NaN."""
+    """``(tanh u, 1 - tanh(u)**2)`` for float32, vectorisable. tanh: an odd near-minimax
+    polynomial for |u| < 0.625 (rel. error 4.5e-9), else (1 - e) / (1 + e) with
+    e = exp(-2|u|); measured error below 3 ulp. The derivative as 4 e / (1 + e)**2 (that is
+    1 / cosh(u)**2), which has no cancellation: 1 - tanh**2 loses all digits once tanh rounds
+    to 1 (|u| > 9). ±inf give (±1, 0), NaN gives NaN."""
     a = -u if u < np.float32(0.0) else u
     v = a * a
     q = np.float32(-0.005712322890758514)
@@ -353,12 +358,22 @@ def _tanh32(u):
     q = q * v + np.float32(-0.3333328366279602)
     small = a + a * v * q
     e = _exp32(np.float32(-2.0) * a)
-    big = (np.float32(1.0) - e) / (np.float32(1.0) + e)
+    ep1 = np.float32(1.0) + e
+    big = (np.float32(1.0) - e) / ep1
     r = small if a < np.float32(0.625) else big
-    return -r if u < np.float32(0.0) else r
+    return (-r if u < np.float32(0.0) else r), (np.float32(4.0) * e) / (ep1 * ep1)
 
 
-def _tanh(u):
+@njit(fastmath=_FM_EXP, cache=True, error_model="numpy")
+def _tanh64(u):
+    """``(tanh u, 1 - tanh(u)**2)`` for float64: tanh from libm (scalar), the derivative as
+    4 e / (1 + e)**2 with e = exp(-2|u|), as in :func:`_tanh32`."""
+    e = _exp64(-2.0 * (-u if u < 0.0 else u))
+    ep1 = 1.0 + e
+    return math.tanh(u), (4.0 * e) / (ep1 * ep1)
+
+
+def _tanh(u):  # (tanh u, its derivative 1 / cosh(u)**2)
     raise NotImplementedError
 
 
@@ -366,7 +381,7 @@ def _tanh(u):
 def _ov_tanh(u):
     if u == types.float32:
         return lambda u: _tanh32(u)
-    return lambda u: math.tanh(u)  # float64: libm (scalar)
+    return lambda u: _tanh64(u)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -550,6 +565,7 @@ def _general_rows(
     has_grad,
     g_arg,
     zb,
+    cb,
     scratch,
     loss,
 ):
@@ -572,17 +588,21 @@ def _general_rows(
                 if has_grad:
                     _fill(gr, _st(gr, _cast(zero, np.nan) if bad else zero))
                 continue
-        # pass 1: z (capped, masked) into the scratch row; separate simple loops, so that
-        # each vectorises; then its max (NaN entries need no test: see the hot path) and the
-        # number of allowed classes
+        # pass 1: z (capped, masked) into the scratch row zb, with a softcap its derivative
+        # dz/dx = 1 / cosh(x / cap)**2 into cb; separate simple loops, so that each
+        # vectorises; then its max (NaN entries need no test: see the hot path) and the number
+        # of allowed classes
         if has_cap:
             if has_where:
                 for c in range(c_count):
-                    z = capa * _tanh(_ld(xr[c]) * inv_cap)
-                    zb[c] = z if wh[i, c] else ninf
+                    th, dz = _tanh(_ld(xr[c]) * inv_cap)
+                    zb[c] = capa * th if wh[i, c] else ninf
+                    cb[c] = dz
             else:
                 for c in range(c_count):
-                    zb[c] = capa * _tanh(_ld(xr[c]) * inv_cap)
+                    th, dz = _tanh(_ld(xr[c]) * inv_cap)
+                    zb[c] = capa * th
+                    cb[c] = dz
         elif has_where:
             for c in range(c_count):
                 v = _ld(xr[c])
@@ -663,8 +683,7 @@ def _general_rows(
             wq = q * _cast(zero, w[c]) if has_w else q
             gc = a * eb[c] - r * wq
             if has_cap:
-                zc = zb[c] * inv_cap
-                gc *= one - zc * zc
+                gc *= cb[c]
             gr[c] = _st(gr, gc if allowed else zero)
 
 
@@ -888,6 +907,7 @@ def fused_rows(
     wh = where if has_where else np.ones((1, 1), dtype=np.bool_)
     has_cap = softcap is not None
     zbuf = np.empty((k, c), dtype=acc)
+    cbuf = np.empty((k, c) if has_cap else (k, 1), dtype=acc)  # softcap: dz/dx per class
     fixed = (
         t,
         y,
@@ -906,7 +926,7 @@ def fused_rows(
         has_grad,
         gb,
     )
-    _run(_general_rows, n, k, lambda j: (xb, *fixed, zbuf[j], scratch[j], loss))
+    _run(_general_rows, n, k, lambda j: (xb, *fixed, zbuf[j], cbuf[j], scratch[j], loss))
     return loss
 
 
