@@ -14,7 +14,11 @@ A row of the hot path (integer targets; weights, ignore_index, label smoothing, 
    (``llvm.prefetch``, one per cache line), so its memory traffic overlaps this arithmetic;
 3. one read-modify-write of the gradient row from the cache,
    ``g_c = row_scale * ((S + 2 zeta lse) e_c / s - w_c q_c)`` with ``S = sum_c w_c q_c``; the
-   gold class gets its own exponential recomputed (once per row) and its mass subtracted.
+   gold class t is then rewritten once per row in float64 (:func:`_gold_grad`): its
+   exponential recomputed, and when t is the row's single maximum (``s = 1 + rest``, ``rest``
+   the sum of the other terms) formed as ``((S - w_t q_t) + 2 zeta lse - w_t q_t rest) / s``,
+   so that ``p_t - 1`` of a confident row is ``-rest / s`` to full relative accuracy instead of
+   ``fl(p_t) - 1 = 0`` (``x = [40, 0, 0]``: -8.5e-18, not 0).
 
 The logits are read before they are overwritten, so ``grad_out is x`` (in place) is safe and
 allocates nothing of size N x C (in place the loops index one row view for reading and writing:
@@ -45,18 +49,21 @@ rounding trick and the range reduction are kept exactly as written; the loops us
 ``reassoc``/``nsz`` so that their sums vectorise, never ``nnan``/``ninf``.
 
 Accumulation: float32 for float16/float32 logits, float64 for float64 logits; the per-row
-scalars (``log s``, the loss terms) in float64. float16 is read and written through its bits
-(``uint16``) with LLVM's ``half`` conversions (F16C), since numba has no float16 arithmetic on
-the CPU; the exponentials of a float16 row wait in a float32 scratch row (C floats per thread),
-so the gradient is rounded to float16 once.
+scalars (``log s``, the loss terms, the ``z_loss * lse`` terms, the gradient's row factors)
+in float64. float16 is read and written through its bits (``uint16``) with LLVM's ``half``
+conversions (F16C), since numba has no float16 arithmetic on the CPU; the exponentials of a
+float16 row wait in a float32 scratch row (C floats per thread), so the gradient is rounded to
+float16 once.
 
 The general path (``where``, softcap, KL, soft targets) keeps the capped and masked row ``z`` in
 a scratch row of C accumulator floats per thread (not N x C), and, with a softcap, the chain
 rule's factor ``dz/dx = 1 / cosh(x / cap)**2`` in a second one, computed with ``tanh`` in the
 first pass as ``4 e / (1 + e)**2``, ``e = exp(-2 |x / cap|)`` (``1 - tanh**2`` cancels: 100%
 error once tanh rounds to 1). Beyond that it computes one exponential per element and writes
-the gradient once; its loop bodies carry per-element branches and float64 ``tanh`` is a libm
-call, so it is several times slower than the hot path.
+the gradient once; the row's single maximum class gets the cancellation-free form of the hot
+path's gold class, with ``S - w q`` summed over the other classes. Its loop bodies carry
+per-element branches and float64 ``tanh`` is a libm call, so it is several times slower than
+the hot path.
 
 Threads: rows are split in contiguous chunks, one per thread (``NUMBA_NUM_THREADS``, default
 the CPU count), run by ``nogil`` kernels on a small Python thread pool; problems below 65536
@@ -420,6 +427,21 @@ _BLOCK = 256  # elements between prefetches of the next row (16 cache lines of f
 # The hot path: integer targets, no where, no softcap, no KL.
 
 
+@njit(fastmath=_FM_EXP, cache=True, error_model="numpy")
+def _gold_grad(d_t, rest, ties, s_total, big_s, wq_t, other, zl, r):
+    """The gradient at the gold class t in float64, ``r ((S + zl) p_t - w_t q_t)`` with
+    ``S = sum_c w_c q_c``, ``zl = 2 zeta lse``, ``d_t = z_t - m``; once per row.
+
+    Its exponential is recomputed rather than read back from a rounded buffer. When t is the
+    row's single maximum (a confident row: p_t rounds to 1) that difference cancels; there
+    ``s = 1 + rest`` and it equals ``((S - w_t q_t) + zl - w_t q_t rest) / s``, with
+    ``other = S - w_t q_t`` formed without p: no cancellation.
+    """
+    if d_t == 0.0 and ties == 1.0:
+        return r * ((other + zl) - wq_t * np.float64(rest)) / s_total
+    return r * ((big_s + zl) * (np.float64(_exp(d_t)) / s_total) - wq_t)
+
+
 @njit(nogil=True, fastmath=_FM, cache=True, error_model="numpy")
 def _index_rows(
     lo, hi, x, t, w, w_total, ignore_index, eps, z_loss, rs, has_grad, g_arg, scratch, loss
@@ -444,7 +466,6 @@ def _index_rows(
                 _fill(gr, _st(gr, _cast(zero, np.nan) if bad else zero))
             continue
         xt = _ld(xr[ti])  # read before the row is overwritten (in place)
-        wt = _cast(zero, w[ti])
         m = _row_max(xr, zero)
         if m == np.inf:
             # +inf logit: lse is NaN (+inf - inf), so loss and gradient are NaN
@@ -516,14 +537,15 @@ def _index_rows(
             big_s += eps / c_count * w_total
             big_t += eps / c_count * np.float64(sz)
         li = big_s * log_s - big_t  # = sum_c w_c q_c (lse - z_c)
+        zl = 0.0  # 2 zeta lse, in float64 (z_loss may exceed the float32 range; lse may be 0)
         if z_loss > 0.0:
-            li += z_loss * lse * lse
+            li += (z_loss * lse) * lse
+            zl = 2.0 * (z_loss * lse)
         loss[i] = li
         if has_grad:
             # pass 3: g_c = r ((S + 2 zeta lse) e_c / s - w_c q_c)
             r = _cast(zero, rs[i])
-            a = _cast(zero, rs[i] * (big_s + 2.0 * z_loss * lse) / s_total)
-            gold = _cast(zero, gold)
+            a = _cast(zero, rs[i] * (big_s + zl) / s_total)
             b = r * spread
             if eps > 0.0:
                 for c in range(c_count):
@@ -531,12 +553,12 @@ def _index_rows(
             else:
                 for c in range(c_count):
                     gr[c] = _st(gr, a * eb[c])
-            # the gold class: its exponential recomputed (once per row) rather than read
-            # back from a rounded buffer; then its target mass subtracted
-            gt = a * _exp(xt - m) - r * gold
-            if eps > 0.0:
-                gt -= b * wt
-            gr[ti] = _st(gr, gt)
+            # the gold class: r ((S + zl) p_t - w_t q_t), formed without cancellation
+            spread64 = eps / c_count
+            wq_t = gold + spread64 * w[ti]
+            other = spread64 * (w_total - w[ti])  # S - w_t q_t
+            gt = _gold_grad(xt - m, s, ties, s_total, big_s, wq_t, other, zl, rs[i])
+            gr[ti] = _st(gr, _cast(zero, gt))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -638,6 +660,7 @@ def _general_rows(
         s = zero  # the terms below the maximum's; ties counts the maximum's (see the hot path)
         ties = zero
         big_s = 0.0  # the loss sums in float64: they may cancel (KL, smoothing)
+        big_s_rest = 0.0  # S without the maximum's term (for the gradient there, pass 3)
         big_t = 0.0
         klt = 0.0
         for c in range(c_count):
@@ -656,22 +679,31 @@ def _general_rows(
                 q += spread
             wq = np.float64(q) * w[c] if has_w else np.float64(q)
             big_s += wq
+            big_s_rest += wq if d != zero else 0.0
             big_t += wq * np.float64(d) if wq != 0.0 else 0.0
             if kl:
                 klt += wq * math.log(np.float64(q)) if wq != 0.0 else 0.0
         log_s, s_total = _log_sum(s, ties)
         lse = np.float64(m) + log_s
         li = big_s * log_s - big_t
+        zl = 0.0  # 2 zeta lse, in float64 (z_loss may exceed the float32 range; lse may be 0)
         if z_loss > 0.0:
-            li += z_loss * lse * lse
+            li += (z_loss * lse) * lse
+            zl = 2.0 * (z_loss * lse)
         if kl:
             li += klt
         loss[i] = li
         if not has_grad:
             continue
-        # pass 3: the gradient, written once
+        # pass 3: the gradient, written once: g_c = r ((S + 2 zeta lse) e_c / s - w_c q_c).
+        # At the row's single maximum (e = 1, s = 1 + rest) that difference would cancel for a
+        # confident row (p rounds to 1); it is formed as r ((S - wq) + 2 zeta lse - wq rest) / s
+        # instead, S - wq summed without the maximum's term: the same value, no cancellation.
         r = _cast(zero, rs[i])
-        a = _cast(zero, rs[i] * (big_s + 2.0 * z_loss * lse) / s_total)
+        a = _cast(zero, rs[i] * (big_s + zl) / s_total)
+        top = ties == one
+        a_top = _cast(zero, rs[i] * (big_s_rest + zl) / s_total)
+        b_top = _cast(zero, rs[i] * np.float64(s) / s_total)
         for c in range(c_count):
             allowed = (not has_where) or wh[i, c]
             if soft:
@@ -682,6 +714,8 @@ def _general_rows(
                 q += spread
             wq = q * _cast(zero, w[c]) if has_w else q
             gc = a * eb[c] - r * wq
+            if top and zb[c] == m:
+                gc = a_top - b_top * wq
             if has_cap:
                 gc *= cb[c]
             gr[c] = _st(gr, gc if allowed else zero)
