@@ -271,6 +271,10 @@ class _Rows:
             return float("nan")
         return total
 
+    def zero_mass(self, total: float) -> bool:
+        """Whether the SPEC's rule "W == 0: loss 0 and gradient 0" applies (``empty="zero"``)."""
+        return self.reduction == "mean" and self.empty == "zero" and total == 0
+
     def row_scale(self, dloss: Any) -> tuple[np.ndarray, float]:
         """Per-row gradient multipliers for ``dloss``, and the mean denominator W."""
         n = self.x2.shape[0]
@@ -426,8 +430,14 @@ def fused(
     # last (no N x C allocation), else our own moved copy, which is copied back below.
     grad2 = x2 if inplace else np.empty(x2.shape, dtype=grad_dtype or rows.x.dtype)
     kernel = _dispatch.select(backend, x2, rows.target, grad_out=grad2, **opts)
-    loss_rows = kernel(x2, rows.target, row_scale=scale, grad_out=grad2, **opts)
-    loss = rows.reduce(loss_rows, total)
+    if rows.zero_mass(total):
+        # W == 0: loss 0 and gradient exactly 0, whatever the logits (a NaN logit of a row of
+        # zero weight would otherwise give 0 * NaN); for every kernel, in place or not.
+        grad2[...] = 0
+        loss = rows.reduce(np.zeros(x2.shape[0]), total)
+    else:
+        loss_rows = kernel(x2, rows.target, row_scale=scale, grad_out=grad2, **opts)
+        loss = rows.reduce(loss_rows, total)
     if inplace:
         if not np.may_share_memory(grad2, logits):
             np.copyto(logits, rows.to_layout(grad2))
