@@ -327,8 +327,9 @@ def softmax_cross_entropy(logits, target, axis=-1, weight=None, ignore_index=-10
         for c in range(C):
             if allowed[c]:
                 g[c] = S * p[c] - w[c] * q[c] + 2.0 * z_loss * lse * p[c]
-                if softcap is not None:
-                    g[c] *= 1.0 - (z[c] / softcap) ** 2
+                if softcap is not None:  # 1 / cosh(u)**2, without 1 - tanh(u)**2's cancellation
+                    e = math.exp(-2.0 * abs(float(x[c]) / softcap))
+                    g[c] *= 4.0 * e / (1.0 + e) ** 2
         grads[idx] = g
 
     loss = _reduce(losses, W, reduction)

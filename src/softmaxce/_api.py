@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -217,6 +218,36 @@ class _Rows:
     mean_by: str = "mass"
     empty: str = "zero"
 
+    def unit_weights(self, z_loss: float) -> float:
+        """Scale the class weights by a power of two ``2**-e`` that puts their largest magnitude
+        in [1, 2), where the weights' scale cancels; returns ``z_loss`` scaled alike.
+
+        It cancels in a "mean" over the weight mass W (``mean_by="mass"``): scaling every
+        weight and ``z_loss`` by ``2**-e`` scales each loss row and W by ``2**-e``, exactly (a
+        power of two), and leaves the mean and its gradient unchanged. The kernels then never
+        see weights beyond the accumulation dtype's range: weights below float32's smallest
+        subnormal (1.4e-45) would round to 0 in a float32 kernel while ``1 / W`` overflows,
+        giving loss 0 and NaN gradients. ``z_loss`` may exceed the float32 range after
+        scaling: the kernels form its terms in float64. With "sum" and "none" the losses are
+        proportional to the weights: tiny weights give tiny losses and gradients, rounded to
+        the output dtype (to 0 in float32 for 1e-46), never NaN; nothing is scaled there.
+        """
+        w = self.weight
+        if w is None or self.reduction != "mean" or self.mean_by != "mass":
+            return z_loss
+        if self.empty == "one":  # W == 0 would become 1: the scale would not cancel
+            return z_loss
+        big = float(np.max(np.abs(w)))
+        if big == 0:
+            return z_loss
+        e = math.frexp(big)[1] - 1
+        try:
+            scaled = math.ldexp(z_loss, -e)
+        except OverflowError:  # z_loss / W beyond float64: leave everything as it is
+            return z_loss
+        self.weight = np.ldexp(w, -e)
+        return scaled
+
     def denominator(self) -> float:
         """W of the mean (see MEAN_BY); NaN when it is 0 under ``empty="nan"``."""
         n = self.x2.shape[0]
@@ -239,6 +270,10 @@ class _Rows:
         if total == 0 and self.empty == "nan":
             return float("nan")
         return total
+
+    def zero_mass(self, total: float) -> bool:
+        """Whether the SPEC's rule "W == 0: loss 0 and gradient 0" applies (``empty="zero"``)."""
+        return self.reduction == "mean" and self.empty == "zero" and total == 0
 
     def row_scale(self, dloss: Any) -> tuple[np.ndarray, float]:
         """Per-row gradient multipliers for ``dloss``, and the mean denominator W."""
@@ -372,12 +407,13 @@ def fused(
         empty=v.choice(empty, EMPTY, "empty"),
         negative_weight=negative_weight,
     )
+    z_loss = rows.unit_weights(v.z_loss(z_loss))
     opts = {
         "weight": rows.weight,
         "ignore_index": rows.ignore_index,
         "label_smoothing": v.label_smoothing(label_smoothing),
-        "z_loss": v.z_loss(z_loss),
-        "softcap": v.softcap(softcap),
+        "z_loss": z_loss,
+        "softcap": v.softcap(softcap, rows.x.dtype),
         "where": rows.where,
         "kl": v.soft_target_loss(soft_target_loss) == "kl-divergence",
     }
@@ -394,8 +430,14 @@ def fused(
     # last (no N x C allocation), else our own moved copy, which is copied back below.
     grad2 = x2 if inplace else np.empty(x2.shape, dtype=grad_dtype or rows.x.dtype)
     kernel = _dispatch.select(backend, x2, rows.target, grad_out=grad2, **opts)
-    loss_rows = kernel(x2, rows.target, row_scale=scale, grad_out=grad2, **opts)
-    loss = rows.reduce(loss_rows, total)
+    if rows.zero_mass(total):
+        # W == 0: loss 0 and gradient exactly 0, whatever the logits (a NaN logit of a row of
+        # zero weight would otherwise give 0 * NaN); for every kernel, in place or not.
+        grad2[...] = 0
+        loss = rows.reduce(np.zeros(x2.shape[0]), total)
+    else:
+        loss_rows = kernel(x2, rows.target, row_scale=scale, grad_out=grad2, **opts)
+        loss = rows.reduce(loss_rows, total)
     if inplace:
         if not np.may_share_memory(grad2, logits):
             np.copyto(logits, rows.to_layout(grad2))
@@ -509,7 +551,7 @@ def softmax_cross_entropy_with_grad(
     .. math:: \frac{\partial L_i}{\partial z_{ic}} = v_i\Bigl[\Bigl(\sum_k w_k q_{ik}\Bigr)
               p_{ic} - w_c q_{ic} + 2 \zeta\,\mathrm{lse}_i\, p_{ic}\Bigr]
 
-    (``p = softmax(z)``), times ``1 - (z / s)^2`` with a softcap. This is exact even when the
+    (``p = softmax(z)``), times ``1 / cosh(x / s)^2`` with a softcap. This is exact even when the
     target rows do not sum to 1. With ``inplace=True`` the gradient is written into ``logits``
     (which must be a writable, C-contiguous float array) and ``logits`` itself is returned:
     no N x C array is allocated. Otherwise no input is modified.
@@ -584,6 +626,7 @@ def cross_entropy(
         reduction=reduction,
         name="probs",
     )
+    rows.unit_weights(0.0)
     loss_rows, _ = _core.ce_rows(
         rows.x2, rows.target, weight=rows.weight, ignore_index=rows.ignore_index, row_scale=None
     )
@@ -623,6 +666,7 @@ def cross_entropy_vjp(
         reduction=reduction,
         name="probs",
     )
+    rows.unit_weights(0.0)
     scale, _ = rows.row_scale(dloss)
     _, grad = _core.ce_rows(
         rows.x2, rows.target, weight=rows.weight, ignore_index=rows.ignore_index, row_scale=scale

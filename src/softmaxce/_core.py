@@ -19,9 +19,21 @@ Numerics (the derivation, once):
 * Accumulation is at least float32: float16 input is computed in float32 and rounded once at
   the end; float64 stays float64.
 * Gradient of ``L = sum_c w_c q_c (lse - z_c) + zeta * lse**2`` with respect to ``z``:
-  ``dL/dz_c = (sum_k w_k q_k) p_c - w_c q_c + 2 zeta lse p_c``. This is exact also when the
-  target row does not sum to 1 (frameworks that use ``p - q`` assume it does). With a softcap
-  ``z = cap * tanh(x / cap)`` the chain rule multiplies by ``1 - (z / cap)**2``.
+  ``dL/dz_c = (S + 2 zeta lse) p_c - w_c q_c`` with ``S = sum_k w_k q_k``. This is exact also
+  when the target row does not sum to 1 (frameworks that use ``p - q`` assume it does). The
+  per-row factors ``r (S + 2 zeta lse) / s`` and the z-loss terms are formed in float64 (a
+  z_loss beyond the float32 range times ``lse = 0`` is 0, not ``inf * 0``).
+* At a maximum class (``e_c = 1``, so ``s = 1 + rest``), ``S p_c - w_c q_c`` cancels for a
+  confident row: ``fl(p_t) - 1 = 0`` for ``x = [40, 0, 0]`` where the gradient is -8.5e-18.
+  There it is formed as ``((S - w_c q_c) + 2 zeta lse - w_c q_c rest) / s``, with ``rest`` and
+  ``S - w_c q_c`` summed without that class's term: the same value, no cancellation. Index
+  targets: at the target class t; soft targets (one-hot ones included): at the first maximum.
+  (Elsewhere ``p_c <= 1/2``, or the difference is a genuine one of the target and ``p``.)
+* With a softcap ``z = cap * tanh(x / cap)`` the chain rule multiplies by
+  ``1 / cosh(x / cap)**2``, formed as ``4 e / (1 + e)**2`` with ``e = exp(-2 |x / cap|)``:
+  ``1 - tanh**2`` loses every digit once tanh rounds to 1 (float32 ``|x / cap| > 9``). The
+  public API rejects a ``softcap`` whose value or reciprocal is not a normal number of the
+  accumulation dtype.
 """
 
 from __future__ import annotations
@@ -46,6 +58,31 @@ def _row_max(z: np.ndarray, axis: int, where: np.ndarray | None) -> np.ndarray:
     return m
 
 
+def _sum_without(a: np.ndarray, k: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(a[k], sum of a without a[k])`` along ``axis``, keepdims; ``k`` holds one index per row.
+
+    The sum of the others is summed as such (the entry is set aside, not subtracted), so it
+    keeps its relative accuracy when it is tiny beside ``a[k]``.
+    """
+    top = np.take_along_axis(a, k, axis)
+    np.put_along_axis(a, k, 0.0, axis)
+    rest = a.sum(axis=axis, keepdims=True)
+    np.put_along_axis(a, k, top, axis)
+    return top, rest
+
+
+def _sum_parts(e: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(k, top, rest)`` for ``e = exp(z - max z)``, keepdims: the index of the (first)
+    largest term, that term (1 unless the row is all ``-inf``, masked or NaN), the others' sum."""
+    k = np.expand_dims(np.argmax(e, axis=axis), axis)
+    return (k, *_sum_without(e, k, axis))
+
+
+def _log_of_sum(top: np.ndarray, rest: np.ndarray) -> np.ndarray:
+    """``log(top + rest)``: ``log1p(rest)`` when ``top == 1`` (see :func:`_log_sum`)."""
+    return np.where(top == 1.0, np.log1p(rest), np.log(top + rest))
+
+
 def _log_sum(e: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """``(s, log s)`` for ``s = sum(e)`` with keepdims, where ``e = exp(z - max z)``.
 
@@ -54,13 +91,8 @@ def _log_sum(e: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     rounded to 0; Blanchard, Higham & Higham 2021). Rows without a term equal to 1 (all
     ``-inf``, all masked, NaN) use ``log(s)``.
     """
-    k = np.expand_dims(np.argmax(e, axis=axis), axis)
-    top = np.take_along_axis(e, k, axis)
-    np.put_along_axis(e, k, 0.0, axis)
-    rest = e.sum(axis=axis, keepdims=True)
-    np.put_along_axis(e, k, top, axis)
-    s = rest + top
-    return s, np.where(top == 1.0, np.log1p(rest), np.log(s))
+    _, top, rest = _sum_parts(e, axis)
+    return top + rest, _log_of_sum(top, rest)
 
 
 def _shifted_exp(x: np.ndarray, axis: int, where: np.ndarray | None):
@@ -135,6 +167,26 @@ def _xmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(a == 0, 0.0, a * b)
 
 
+def _softcap(x: np.ndarray, cap: np.floating) -> tuple[np.ndarray, np.ndarray]:
+    """``z = cap tanh(u)`` and ``dz/dx = 1 / cosh(u)**2`` for ``u = x / cap`` (``x`` is ours).
+
+    The derivative is formed as ``4 e / (1 + e)**2`` with ``e = exp(-2 |u|)``, which has no
+    cancellation: ``1 - tanh(u)**2`` loses every digit once ``tanh(u)`` rounds to 1 (|u| > 9
+    in float32, > 19 in float64), although the derivative is still far from 0 there.
+    """
+    x /= cap  # u
+    z = np.tanh(x)
+    z *= cap
+    np.abs(x, out=x)
+    x *= -2.0
+    e = np.exp(x, out=x)
+    den = e + 1.0
+    den *= den
+    e *= 4.0
+    e /= den
+    return z, e
+
+
 def target_mass(
     target: np.ndarray, weight: np.ndarray | None, ignore_index: int, valid: np.ndarray
 ) -> np.ndarray:
@@ -152,6 +204,29 @@ def target_mass(
     y = target.astype(np.float64, copy=False)
     mass = y.sum(axis=1) if weight is None else y @ weight
     return np.where(valid, mass, 0.0)
+
+
+def _col_grad(
+    r: np.ndarray,
+    s: np.ndarray,
+    big_s: np.ndarray,
+    zl: np.ndarray | float,
+    rest: np.ndarray,
+    e_col: np.ndarray,
+    wq_col: np.ndarray,
+    other: np.ndarray | float,
+) -> np.ndarray:
+    """The gradient at one class per row, ``r ((S + zl) e / s - w q)``, in float64.
+
+    ``big_s`` is ``S + zl`` (``S = sum_c w_c q_c``, ``zl = 2 zeta lse``), ``other`` is
+    ``S - w q`` summed without this class's term, ``rest = s - 1`` summed without the
+    maximum's term. Where this class is a maximum (``e == 1``), ``(S + zl) / s - w q`` cancels
+    for a confident row (``p`` rounds to 1: ``x = [40, 0, 0]`` would give 0, not -8.5e-18);
+    since ``s = 1 + rest`` there, it is formed as ``((S - w q) + zl - w q rest) / s``: the
+    same value, no cancellation.
+    """
+    top = r * ((other + zl) - wq_col * rest) / s
+    return np.where(e_col == 1.0, top, r * (big_s * (e_col / s) - wq_col))
 
 
 def fused_rows(
@@ -178,6 +253,7 @@ def fused_rows(
     acc = acc_dtype(x.dtype)
     eps = label_smoothing
     soft = target.ndim == 2
+    rows = np.arange(n)
     with np.errstate(**_ERRSTATE):
         # Workspace for z - m and then the gradient: the output buffer itself when a gradient
         # is wanted and it has the accumulation dtype (no extra N x C allocation); with a
@@ -189,9 +265,7 @@ def fused_rows(
         elif softcap is None:
             z = x.astype(acc)
         else:
-            z = np.tanh(x.astype(acc) / acc.type(softcap))
-            cap_grad = 1.0 - z * z  # d z / d x, before z is scaled
-            z *= acc.type(softcap)
+            z, cap_grad = _softcap(x.astype(acc), acc.type(softcap))
 
         if where is not None:
             z[~where] = -np.inf
@@ -211,13 +285,11 @@ def fused_rows(
             if eps:
                 q += spread[:, None] if where is None else spread[:, None] * where
             wq = q * w
-            big_s = wq.sum(axis=1)
-            big_t = _xmul(wq, z).sum(axis=1)
+            big_t = _xmul(wq, z).sum(axis=1)  # (S comes below, without the top class's term)
             v = valid
         else:
             v = valid & (target != ignore_index)
             t = np.where(v, target, 0)
-            rows = np.arange(n)
             w_t = w[t]
             gold = acc.type(1.0 - eps) * w_t
             big_t = _xmul(gold, z[rows, t])
@@ -230,11 +302,20 @@ def fused_rows(
                 big_t += spread * _xmul(w_allowed, z).sum(axis=1)
 
         e = np.exp(z, out=z)
-        s, log_s = (a[:, 0] for a in _log_sum(e, 1))
-        lse = m[:, 0] + log_s
-        loss = big_s * log_s - big_t
+        k, top, rest = _sum_parts(e, 1)
+        log_s = _log_of_sum(top, rest)[:, 0]
+        if soft:
+            # S = sum_c w_c q_c, its top class's term kept apart for the gradient below
+            wq_top, big_s_rest = (a[:, 0] for a in _sum_without(wq, k, 1))
+            big_s = big_s_rest + wq_top
+        k, top, rest = k[:, 0], top[:, 0], rest[:, 0]
+        # The z-loss terms in float64: z_loss may lie beyond the float32 range, and lse may be 0.
+        lse = m[:, 0].astype(np.float64) + log_s
+        loss = (big_s * log_s - big_t).astype(np.float64)
+        zl = 0.0  # 2 zeta lse
         if z_loss:
-            loss = loss + acc.type(z_loss) * lse * lse
+            loss += (z_loss * lse) * lse
+            zl = 2.0 * (z_loss * lse)
         if kl:
             if soft:
                 loss = loss + _xmul(wq, np.log(q)).sum(axis=1)
@@ -246,20 +327,30 @@ def fused_rows(
                 if eps:
                     other_w = sum_w_allowed - np.where(t_allowed, w_t, 0.0)
                     loss = loss + _xmul(spread * other_w, np.log(spread))
-        loss = np.where(v, loss, 0.0).astype(np.float64)
+        loss = np.where(v, loss, 0.0)
 
         if row_scale is None:
             return loss
-        r = row_scale.astype(acc)
-        e *= ((big_s + acc.type(2.0 * z_loss) * lse) / s * r)[
-            :, None
-        ]  # e is now the p part of the gradient
+        # g_c = r ((S + 2 zeta lse) e_c / s - w_c q_c), the per-row factors in float64; one
+        # class per row (index targets: t; soft: the first maximum) by _col_grad, exactly.
+        r64 = row_scale.astype(np.float64)
+        s64 = top.astype(np.float64) + rest
+        big_s64 = big_s.astype(np.float64) + zl  # S + 2 zeta lse
+        if soft:
+            col, e_col, wq_col, other = k, top, wq_top, big_s_rest
+        else:
+            col, e_col, wq_col, other = t, e[rows, t], gold.astype(np.float64), 0.0
+            if eps:  # (t is allowed where it is a maximum)
+                wq_col = wq_col + spread * w_t
+                other = spread * (sum_w_allowed.astype(np.float64) - w_t)
+        g_col = _col_grad(r64, s64, big_s64, zl, rest, e_col, wq_col, other)
+        r = r64.astype(acc)
+        e *= (r64 * big_s64 / s64).astype(acc)[:, None]  # e is now the p part of the gradient
         if soft:
             e -= wq * r[:, None]
-        else:
-            e[rows, t] -= gold * r
-            if eps:
-                e -= (spread * r)[:, None] * w_allowed
+        elif eps:
+            e -= (spread * r)[:, None] * w_allowed
+        e[rows, col] = g_col
         e[~v] = 0.0  # ignored and fully masked rows: exactly 0, even with NaN logits
         if where is not None:
             e[~where] = 0.0  # masked classes do not influence the loss

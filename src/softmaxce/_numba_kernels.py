@@ -14,7 +14,11 @@ A row of the hot path (integer targets; weights, ignore_index, label smoothing, 
    (``llvm.prefetch``, one per cache line), so its memory traffic overlaps this arithmetic;
 3. one read-modify-write of the gradient row from the cache,
    ``g_c = row_scale * ((S + 2 zeta lse) e_c / s - w_c q_c)`` with ``S = sum_c w_c q_c``; the
-   gold class gets its own exponential recomputed (once per row) and its mass subtracted.
+   gold class t is then rewritten once per row in float64 (:func:`_gold_grad`): its
+   exponential recomputed, and when t is the row's single maximum (``s = 1 + rest``, ``rest``
+   the sum of the other terms) formed as ``((S - w_t q_t) + 2 zeta lse - w_t q_t rest) / s``,
+   so that ``p_t - 1`` of a confident row is ``-rest / s`` to full relative accuracy instead of
+   ``fl(p_t) - 1 = 0`` (``x = [40, 0, 0]``: -8.5e-18, not 0).
 
 The logits are read before they are overwritten, so ``grad_out is x`` (in place) is safe and
 allocates nothing of size N x C (in place the loops index one row view for reading and writing:
@@ -25,30 +29,41 @@ logits), combined per row in float64; terms with ``w_c q_c == 0`` count 0 even w
 
 The exponential. ``np.exp`` in a numba loop is a scalar libm call on machines without SVML, so
 the kernels use their own, written so that LLVM vectorises it (AVX2: 8 float32 lanes):
-``exp(v) = 2**k * P(r)``, ``k = round(v / ln 2)`` by the magic-number trick (adding
-``1.5 * 2**23 + 127`` leaves ``k + 127`` in the low mantissa bits, which shifted left by 23 are
-the bits of ``2**k``), ``r = v - k ln 2`` with ``ln 2`` split Cody-Waite style (a high part with
-trailing zero bits, so ``k * ln2_hi`` is exact, and a low part), and ``P`` a near-minimax
-degree-6 polynomial (float32, relative error 2e-9 on ``|r| <= ln(2)/2``; measured total error
-below 2 ulp) or the degree-13 Taylor polynomial (float64). The argument is clamped below at
--88 (float64: -709) where ``k`` becomes -127 (-1023): the exponent bits of ``2**k`` are then 0,
-so ``exp(-inf)`` and everything that would be subnormal come out exactly 0 without a mask
-(absolute error below 1.2e-38). The clamp is a select that compiles to ``vmaxps(-88, v)``,
-which passes a NaN ``v`` through: NaN logits make the row's sum, loss and gradient NaN, as
+``exp(v) = 2**k * P(r)``, ``k = round(v / ln 2)`` by the magic-number trick, ``r = v - k ln 2``
+with ``ln 2`` split Cody-Waite style (a high part with trailing zero bits, so ``k * ln2_hi`` is
+exact, and a low part), and ``P`` a near-minimax degree-6 polynomial (float32, relative error
+2e-9 on ``|r| <= ln(2)/2``; measured total error below 1 ulp) or the degree-13 Taylor
+polynomial (float64). Subnormal results are kept, as NumPy keeps them: the product is formed as
+``(2**-B P(r)) * 2**(k + B)`` (B = 24 for float32, 54 for float64), where the factor ``2**-B``
+lives in P's coefficients (a power of two: the same roundings, scaled, at no cost) and
+``2**(k + B)`` is a normal number down to the smallest k whose result does not round to 0, so
+the one product rounds a subnormal result correctly. Adding ``1.5 * 2**23 + 127 + 24`` leaves
+``k + 151`` in the low mantissa bits, which shifted left by 23 are the bits of ``2**(k + 24)``
+(float64 likewise with ``1023 + 54``). The argument is clamped below at -104.5 (float64:
+-746.4), where ``exp`` rounds to 0 and ``k + 151`` (``k + 1077``) becomes 0: the bits of
+``2**(k + B)`` are then all 0, so ``exp(-inf)`` and everything below is exactly 0, with no
+mask and no underflow. The clamp is a select that compiles to ``vmaxps(-104.5, v)``, which
+passes a NaN ``v`` through: NaN logits make the row's sum, loss and gradient NaN, as
 everywhere else. Only the ``contract`` fast-math flag is used in the exponential (FMA), so the
 rounding trick and the range reduction are kept exactly as written; the loops use
 ``reassoc``/``nsz`` so that their sums vectorise, never ``nnan``/``ninf``.
 
 Accumulation: float32 for float16/float32 logits, float64 for float64 logits; the per-row
-scalars (``log s``, the loss terms) in float64. float16 is read and written through its bits
-(``uint16``) with LLVM's ``half`` conversions (F16C), since numba has no float16 arithmetic on
-the CPU; the exponentials of a float16 row wait in a float32 scratch row (C floats per thread),
-so the gradient is rounded to float16 once.
+scalars (``log s``, the loss terms, the ``z_loss * lse`` terms, the gradient's row factors)
+in float64. float16 is read and written through its bits (``uint16``) with LLVM's ``half``
+conversions (F16C), since numba has no float16 arithmetic on the CPU; the exponentials of a
+float16 row wait in a float32 scratch row (C floats per thread), so the gradient is rounded to
+float16 once.
 
 The general path (``where``, softcap, KL, soft targets) keeps the capped and masked row ``z`` in
-a scratch row of C accumulator floats per thread (not N x C), and still computes one
-exponential per element and writes the gradient once; its loop bodies carry per-element
-branches and ``tanh`` is a libm call, so it is several times slower than the hot path.
+a scratch row of C accumulator floats per thread (not N x C), and, with a softcap, the chain
+rule's factor ``dz/dx = 1 / cosh(x / cap)**2`` in a second one, computed with ``tanh`` in the
+first pass as ``4 e / (1 + e)**2``, ``e = exp(-2 |x / cap|)`` (``1 - tanh**2`` cancels: 100%
+error once tanh rounds to 1). Beyond that it computes one exponential per element and writes
+the gradient once; the row's single maximum class gets the cancellation-free form of the hot
+path's gold class, with ``S - w q`` summed over the other classes. Its loop bodies carry
+per-element branches and float64 ``tanh`` is a libm call, so it is several times slower than
+the hot path.
 
 Threads: rows are split in contiguous chunks, one per thread (``NUMBA_NUM_THREADS``, default
 the CPU count), run by ``nogil`` kernels on a small Python thread pool; problems below 65536
@@ -105,7 +120,7 @@ def _can_cache() -> bool:
 
     numba needs a writable folder for this file: ``NUMBA_CACHE_DIR``, the ``__pycache__``
     beside it, or the user's cache folder (``$XDG_CACHE_HOME``, ``~/.cache``). In a read-only
-    install without any, ``cache=True`` raises at decoration (``no locator available``), so
+    install without any, ``cache=_CACHE`` raises at decoration (``no locator available``), so
     the kernels are compiled in each process instead. Under ``NUMBA_OPT=0`` (a debugging
     setting) the unoptimised code keeps the addresses of the functions it calls, which numba
     cannot cache (it would warn at each compile).
@@ -113,7 +128,7 @@ def _can_cache() -> bool:
     if numba.config.OPT == 0:
         return False
     try:
-        njit(cache=True)(_cache_probe)
+        njit(cache=_CACHE)(_cache_probe)
     except RuntimeError:  # no locator: no writable cache folder for this file
         return False
     return True
@@ -311,53 +326,63 @@ def _ov_ebuf(g_arg, xr, g, i, scratch):
     return lambda g_arg, xr, g, i, scratch: _grow(g_arg, xr, g, i)
 
 
+# exp(v) = (2**-B P(r)) * 2**(k + B), so that subnormal results are rounded, not flushed (see
+# the module docstring): B = 24 (float32), 54 (float64); P's coefficients carry the 2**-B.
+_S32 = 2.0**-24
+_S64 = 2.0**-54
+_MAGIC32 = 12583063.0  # 1.5 * 2**23 + 127 + 24
+_MAGIC64 = 6755399441056821.0  # 1.5 * 2**52 + 1023 + 54
+_CLAMP32 = -104.5  # k = -151: 2**(k + 24) has zero bits; exp(v) < 2**-150.5 rounds to 0 below
+_CLAMP64 = -746.4  # k = -1077: likewise; exp(v) < 2**-1076.5 rounds to 0 below
+
+
 @njit(fastmath=_FM_EXP, cache=_CACHE, error_model="numpy")
 def _exp32(v):
-    """exp(v) for v <= 0, -inf or NaN (NaN in, NaN out)."""
-    # Clamp: v <= -88 (and -inf) gives k = -127, whose exponent bits are 0, so the result is
-    # exactly 0 without a mask. A select of this form compiles to one vmaxps(-88, v), which
-    # returns v when v is NaN: the NaN then flows through r and p into the result.
-    vc = np.float32(-88.0) if v < np.float32(-88.0) else v
-    # Rounding by the magic number 1.5 * 2**23 + 127: the low bits of `kb` hold k + 127, and
+    """exp(v) for v <= 0, -inf or NaN (NaN in, NaN out); subnormal results as NumPy's."""
+    # Clamp: v <= -104.5 (and -inf) gives k = -151 and exactly 0. A select of this form
+    # compiles to one vmaxps(-104.5, v), which returns v when v is NaN: the NaN then flows
+    # through r and p into the result.
+    vc = np.float32(_CLAMP32) if v < np.float32(_CLAMP32) else v
+    # Rounding by the magic number 1.5 * 2**23 + 151: the low bits of `kb` hold k + 151, and
     # kb - magic is k exactly (no reassociation is allowed in this function).
-    kb = vc * np.float32(1.4426950408889634) + np.float32(12583039.0)
-    kf = kb - np.float32(12583039.0)
+    kb = vc * np.float32(1.4426950408889634) + np.float32(_MAGIC32)
+    kf = kb - np.float32(_MAGIC32)
     r = vc - kf * np.float32(0.693145751953125)  # ln 2 high part: 12 significant bits
     r = r - kf * np.float32(1.4286068203094172e-06)  # ln 2 - high part
-    # near-minimax degree-6 polynomial for exp on [-ln2/2, ln2/2] (rel. error 1.9e-9)
-    p = np.float32(0.0013841403415426612)
-    p = p * r + np.float32(0.008374842815101147)
-    p = p * r + np.float32(0.04166814312338829)
-    p = p * r + np.float32(0.16666419804096222)
-    p = p * r + np.float32(0.49999991059303284)
-    p = p * r + np.float32(1.0)
-    p = p * r + np.float32(1.0)
-    return p * _i32_as_f32(_f32_bits(kb) << np.int32(23))  # 2**k from k + 127
+    # near-minimax degree-6 polynomial for exp on [-ln2/2, ln2/2] (rel. error 1.9e-9), times 2**-24
+    p = np.float32(0.0013841403415426612 * _S32)
+    p = p * r + np.float32(0.008374842815101147 * _S32)
+    p = p * r + np.float32(0.04166814312338829 * _S32)
+    p = p * r + np.float32(0.16666419804096222 * _S32)
+    p = p * r + np.float32(0.49999991059303284 * _S32)
+    p = p * r + np.float32(_S32)
+    p = p * r + np.float32(_S32)
+    return p * _i32_as_f32(_f32_bits(kb) << np.int32(23))  # 2**(k + 24) from k + 151
 
 
 @njit(fastmath=_FM_EXP, cache=_CACHE, error_model="numpy")
 def _exp64(v):
-    """exp(v) for v <= 0, -inf or NaN; results below 2**-1022 flush to 0."""
-    vc = -709.0 if v < -709.0 else v  # -> k = -1023: exponent bits 0, result exactly 0
-    kb = vc * 1.4426950408889634 + 6755399441056767.0  # 1.5 * 2**52 + 1023
-    kf = kb - 6755399441056767.0
+    """exp(v) for v <= 0, -inf or NaN; subnormal results as NumPy's."""
+    vc = _CLAMP64 if v < _CLAMP64 else v  # -> k = -1077: zero bits, result exactly 0
+    kb = vc * 1.4426950408889634 + _MAGIC64
+    kf = kb - _MAGIC64
     r = vc - kf * 6.93147180369123816490e-01  # fdlibm's ln2_hi (trailing zeros)
     r = r - kf * 1.90821492927058770002e-10  # ln2_lo
-    p = 1.0 / 6227020800.0  # Taylor, degree 13: truncation error 4e-18 on |r| <= ln2/2
-    p = p * r + 1.0 / 479001600.0
-    p = p * r + 1.0 / 39916800.0
-    p = p * r + 1.0 / 3628800.0
-    p = p * r + 1.0 / 362880.0
-    p = p * r + 1.0 / 40320.0
-    p = p * r + 1.0 / 5040.0
-    p = p * r + 1.0 / 720.0
-    p = p * r + 1.0 / 120.0
-    p = p * r + 1.0 / 24.0
-    p = p * r + 1.0 / 6.0
-    p = p * r + 0.5
-    p = p * r + 1.0
-    p = p * r + 1.0
-    return p * _i64_as_f64(_f64_bits(kb) << np.int64(52))
+    p = _S64 / 6227020800.0  # Taylor, degree 13: truncation error 4e-18 on |r| <= ln2/2
+    p = p * r + _S64 / 479001600.0
+    p = p * r + _S64 / 39916800.0
+    p = p * r + _S64 / 3628800.0
+    p = p * r + _S64 / 362880.0
+    p = p * r + _S64 / 40320.0
+    p = p * r + _S64 / 5040.0
+    p = p * r + _S64 / 720.0
+    p = p * r + _S64 / 120.0
+    p = p * r + _S64 / 24.0
+    p = p * r + _S64 / 6.0
+    p = p * r + _S64 * 0.5
+    p = p * r + _S64
+    p = p * r + _S64
+    return p * _i64_as_f64(_f64_bits(kb) << np.int64(52))  # 2**(k + 54) from k + 1077
 
 
 def _exp(v):
@@ -373,9 +398,11 @@ def _ov_exp(v):
 
 @njit(fastmath=_FM_EXP, cache=_CACHE, error_model="numpy")
 def _tanh32(u):
-    """tanh for float32, vectorisable: an odd near-minimax polynomial for |u| < 0.625 (rel.
-    error 4.5e-9), else (1 - e) / (1 + e) with e = exp(-2|u|); measured error below 3 ulp.
-    ±inf give ±1, NaN gives NaN."""
+    """``(tanh u, 1 - tanh(u)**2)`` for float32, vectorisable. tanh: an odd near-minimax
+    polynomial for |u| < 0.625 (rel. error 4.5e-9), else (1 - e) / (1 + e) with
+    e = exp(-2|u|); measured error below 3 ulp. The derivative as 4 e / (1 + e)**2 (that is
+    1 / cosh(u)**2), which has no cancellation: 1 - tanh**2 loses all digits once tanh rounds
+    to 1 (|u| > 9). ±inf give (±1, 0), NaN gives NaN."""
     a = -u if u < np.float32(0.0) else u
     v = a * a
     q = np.float32(-0.005712322890758514)
@@ -385,12 +412,22 @@ def _tanh32(u):
     q = q * v + np.float32(-0.3333328366279602)
     small = a + a * v * q
     e = _exp32(np.float32(-2.0) * a)
-    big = (np.float32(1.0) - e) / (np.float32(1.0) + e)
+    ep1 = np.float32(1.0) + e
+    big = (np.float32(1.0) - e) / ep1
     r = small if a < np.float32(0.625) else big
-    return -r if u < np.float32(0.0) else r
+    return (-r if u < np.float32(0.0) else r), (np.float32(4.0) * e) / (ep1 * ep1)
 
 
-def _tanh(u):
+@njit(fastmath=_FM_EXP, cache=_CACHE, error_model="numpy")
+def _tanh64(u):
+    """``(tanh u, 1 - tanh(u)**2)`` for float64: tanh from libm (scalar), the derivative as
+    4 e / (1 + e)**2 with e = exp(-2|u|), as in :func:`_tanh32`."""
+    e = _exp64(-2.0 * (-u if u < 0.0 else u))
+    ep1 = 1.0 + e
+    return math.tanh(u), (4.0 * e) / (ep1 * ep1)
+
+
+def _tanh(u):  # (tanh u, its derivative 1 / cosh(u)**2)
     raise NotImplementedError
 
 
@@ -398,7 +435,7 @@ def _tanh(u):
 def _ov_tanh(u):
     if u == types.float32:
         return lambda u: _tanh32(u)
-    return lambda u: math.tanh(u)  # float64: libm (scalar)
+    return lambda u: _tanh64(u)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,6 +474,21 @@ _BLOCK = 256  # elements between prefetches of the next row (16 cache lines of f
 # The hot path: integer targets, no where, no softcap, no KL.
 
 
+@njit(fastmath=_FM_EXP, cache=_CACHE, error_model="numpy")
+def _gold_grad(d_t, rest, ties, s_total, big_s, wq_t, other, zl, r):
+    """The gradient at the gold class t in float64, ``r ((S + zl) p_t - w_t q_t)`` with
+    ``S = sum_c w_c q_c``, ``zl = 2 zeta lse``, ``d_t = z_t - m``; once per row.
+
+    Its exponential is recomputed rather than read back from a rounded buffer. When t is the
+    row's single maximum (a confident row: p_t rounds to 1) that difference cancels; there
+    ``s = 1 + rest`` and it equals ``((S - w_t q_t) + zl - w_t q_t rest) / s``, with
+    ``other = S - w_t q_t`` formed without p: no cancellation.
+    """
+    if d_t == 0.0 and ties == 1.0:
+        return r * ((other + zl) - wq_t * np.float64(rest)) / s_total
+    return r * ((big_s + zl) * (np.float64(_exp(d_t)) / s_total) - wq_t)
+
+
 @njit(nogil=True, fastmath=_FM, cache=_CACHE, error_model="numpy")
 def _index_rows(
     lo, hi, x, t, w, w_total, ignore_index, eps, z_loss, rs, has_grad, g_arg, scratch, loss
@@ -461,7 +513,6 @@ def _index_rows(
                 _fill(gr, _st(gr, _cast(zero, np.nan) if bad else zero))
             continue
         xt = _ld(xr[ti])  # read before the row is overwritten (in place)
-        wt = _cast(zero, w[ti])
         m = _row_max(xr, zero)
         if m == np.inf:
             # +inf logit: lse is NaN (+inf - inf), so loss and gradient are NaN
@@ -533,14 +584,15 @@ def _index_rows(
             big_s += eps / c_count * w_total
             big_t += eps / c_count * np.float64(sz)
         li = big_s * log_s - big_t  # = sum_c w_c q_c (lse - z_c)
+        zl = 0.0  # 2 zeta lse, in float64 (z_loss may exceed the float32 range; lse may be 0)
         if z_loss > 0.0:
-            li += z_loss * lse * lse
+            li += (z_loss * lse) * lse
+            zl = 2.0 * (z_loss * lse)
         loss[i] = li
         if has_grad:
             # pass 3: g_c = r ((S + 2 zeta lse) e_c / s - w_c q_c)
             r = _cast(zero, rs[i])
-            a = _cast(zero, rs[i] * (big_s + 2.0 * z_loss * lse) / s_total)
-            gold = _cast(zero, gold)
+            a = _cast(zero, rs[i] * (big_s + zl) / s_total)
             b = r * spread
             if eps > 0.0:
                 for c in range(c_count):
@@ -548,12 +600,12 @@ def _index_rows(
             else:
                 for c in range(c_count):
                     gr[c] = _st(gr, a * eb[c])
-            # the gold class: its exponential recomputed (once per row) rather than read
-            # back from a rounded buffer; then its target mass subtracted
-            gt = a * _exp(xt - m) - r * gold
-            if eps > 0.0:
-                gt -= b * wt
-            gr[ti] = _st(gr, gt)
+            # the gold class: r ((S + zl) p_t - w_t q_t), formed without cancellation
+            spread64 = eps / c_count
+            wq_t = gold + spread64 * w[ti]
+            other = spread64 * (w_total - w[ti])  # S - w_t q_t
+            gt = _gold_grad(xt - m, s, ties, s_total, big_s, wq_t, other, zl, rs[i])
+            gr[ti] = _st(gr, _cast(zero, gt))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -582,6 +634,7 @@ def _general_rows(
     has_grad,
     g_arg,
     zb,
+    cb,
     scratch,
     loss,
 ):
@@ -604,17 +657,21 @@ def _general_rows(
                 if has_grad:
                     _fill(gr, _st(gr, _cast(zero, np.nan) if bad else zero))
                 continue
-        # pass 1: z (capped, masked) into the scratch row; separate simple loops, so that
-        # each vectorises; then its max (NaN entries need no test: see the hot path) and the
-        # number of allowed classes
+        # pass 1: z (capped, masked) into the scratch row zb, with a softcap its derivative
+        # dz/dx = 1 / cosh(x / cap)**2 into cb; separate simple loops, so that each
+        # vectorises; then its max (NaN entries need no test: see the hot path) and the number
+        # of allowed classes
         if has_cap:
             if has_where:
                 for c in range(c_count):
-                    z = capa * _tanh(_ld(xr[c]) * inv_cap)
-                    zb[c] = z if wh[i, c] else ninf
+                    th, dz = _tanh(_ld(xr[c]) * inv_cap)
+                    zb[c] = capa * th if wh[i, c] else ninf
+                    cb[c] = dz
             else:
                 for c in range(c_count):
-                    zb[c] = capa * _tanh(_ld(xr[c]) * inv_cap)
+                    th, dz = _tanh(_ld(xr[c]) * inv_cap)
+                    zb[c] = capa * th
+                    cb[c] = dz
         elif has_where:
             for c in range(c_count):
                 v = _ld(xr[c])
@@ -650,6 +707,7 @@ def _general_rows(
         s = zero  # the terms below the maximum's; ties counts the maximum's (see the hot path)
         ties = zero
         big_s = 0.0  # the loss sums in float64: they may cancel (KL, smoothing)
+        big_s_rest = 0.0  # S without the maximum's term (for the gradient there, pass 3)
         big_t = 0.0
         klt = 0.0
         for c in range(c_count):
@@ -668,22 +726,31 @@ def _general_rows(
                 q += spread
             wq = np.float64(q) * w[c] if has_w else np.float64(q)
             big_s += wq
+            big_s_rest += wq if d != zero else 0.0
             big_t += wq * np.float64(d) if wq != 0.0 else 0.0
             if kl:
                 klt += wq * math.log(np.float64(q)) if wq != 0.0 else 0.0
         log_s, s_total = _log_sum(s, ties)
         lse = np.float64(m) + log_s
         li = big_s * log_s - big_t
+        zl = 0.0  # 2 zeta lse, in float64 (z_loss may exceed the float32 range; lse may be 0)
         if z_loss > 0.0:
-            li += z_loss * lse * lse
+            li += (z_loss * lse) * lse
+            zl = 2.0 * (z_loss * lse)
         if kl:
             li += klt
         loss[i] = li
         if not has_grad:
             continue
-        # pass 3: the gradient, written once
+        # pass 3: the gradient, written once: g_c = r ((S + 2 zeta lse) e_c / s - w_c q_c).
+        # At the row's single maximum (e = 1, s = 1 + rest) that difference would cancel for a
+        # confident row (p rounds to 1); it is formed as r ((S - wq) + 2 zeta lse - wq rest) / s
+        # instead, S - wq summed without the maximum's term: the same value, no cancellation.
         r = _cast(zero, rs[i])
-        a = _cast(zero, rs[i] * (big_s + 2.0 * z_loss * lse) / s_total)
+        a = _cast(zero, rs[i] * (big_s + zl) / s_total)
+        top = ties == one
+        a_top = _cast(zero, rs[i] * (big_s_rest + zl) / s_total)
+        b_top = _cast(zero, rs[i] * np.float64(s) / s_total)
         for c in range(c_count):
             allowed = (not has_where) or wh[i, c]
             if soft:
@@ -694,9 +761,10 @@ def _general_rows(
                 q += spread
             wq = q * _cast(zero, w[c]) if has_w else q
             gc = a * eb[c] - r * wq
+            if top and zb[c] == m:
+                gc = a_top - b_top * wq
             if has_cap:
-                zc = zb[c] * inv_cap
-                gc *= one - zc * zc
+                gc *= cb[c]
             gr[c] = _st(gr, gc if allowed else zero)
 
 
@@ -933,6 +1001,7 @@ def fused_rows(
     wh = where if has_where else np.ones((1, 1), dtype=np.bool_)
     has_cap = softcap is not None
     zbuf = np.empty((k, c), dtype=acc)
+    cbuf = np.empty((k, c) if has_cap else (k, 1), dtype=acc)  # softcap: dz/dx per class
     fixed = (
         t,
         y,
@@ -951,7 +1020,7 @@ def fused_rows(
         has_grad,
         gb,
     )
-    _run(_general_rows, n, k, lambda j: (xb, *fixed, zbuf[j], scratch[j], loss))
+    _run(_general_rows, n, k, lambda j: (xb, *fixed, zbuf[j], cbuf[j], scratch[j], loss))
     return loss
 
 

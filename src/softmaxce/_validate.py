@@ -151,13 +151,31 @@ def z_loss(value: Any) -> float:
     return z
 
 
-def softcap(value: Any) -> float | None:
+def softcap(value: Any, dtype: np.dtype | None = None) -> float | None:
+    """``softcap`` as a float, or None.
+
+    With the logits' ``dtype`` (known once the logits are) it must also fit the accumulation
+    dtype ``acc`` (at least float32, as ``_core.acc_dtype``), where ``softcap * tanh(x /
+    softcap)`` and its derivative are computed: ``softcap`` and ``1 / softcap`` must be normal
+    ``acc`` numbers, i.e. ``tiny <= softcap <= 1 / tiny``. Beyond that the cap is ``inf`` (and
+    ``inf * 0`` NaN) or its reciprocal is.
+    """
     if value is None:
         return None
     cap = real_scalar(value, "softcap")
     if not (cap > 0.0 and cap < math.inf):  # (as in z_loss)
         msg = f"softcap must be None or a finite number > 0, got {cap!r}"
         raise ValueError(msg)
+    if dtype is not None:
+        acc = np.promote_types(dtype, np.float32)
+        tiny = float(np.finfo(acc).tiny)
+        if not tiny <= cap <= 1.0 / tiny:
+            msg = (
+                f"softcap must be in [{tiny:.7g}, {1.0 / tiny:.7g}] for {np.dtype(dtype).name} "
+                f"logits, which are computed in {acc.name} (softcap and 1/softcap must be "
+                f"normal {acc.name} numbers), got {cap!r}"
+            )
+            raise ValueError(msg)
     return cap
 
 
