@@ -128,7 +128,7 @@ def _can_cache() -> bool:
     if numba.config.OPT == 0:
         return False
     try:
-        njit(cache=_CACHE)(_cache_probe)
+        njit(cache=True)(_cache_probe)
     except RuntimeError:  # no locator: no writable cache folder for this file
         return False
     return True
