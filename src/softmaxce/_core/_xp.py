@@ -1,0 +1,55 @@
+"""The few array-namespace helpers the core needs (array-api-compat underneath).
+
+The core is written against the Python Array API standard: ``xp`` is the namespace of its
+inputs (NumPy, PyTorch on any device, JAX, CuPy, array-api-strict), found once per call by
+:func:`namespace`. Nothing here writes into an array: JAX arrays are immutable, and autograd
+must see every step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from array_api_compat import array_namespace, is_jax_namespace, is_numpy_namespace
+
+Array = Any  # an array of whatever library the caller uses
+
+NEG_INF = -math.inf
+
+
+def namespace(*arrays: Any) -> Any:
+    """The array namespace shared by the non-None ``arrays``."""
+    return array_namespace(*(a for a in arrays if a is not None))
+
+
+def acc_dtype(xp: Any, dtype: Any) -> Any:
+    """The accumulation dtype of ``dtype``: at least float32 (float16 and bfloat16 widen)."""
+    return xp.result_type(dtype, xp.float32)
+
+
+def wide_dtype(xp: Any, dtype: Any) -> Any:
+    """float64 where the namespace has it (for sums over rows), else ``acc_dtype``.
+
+    JAX has float64 only with ``jax_enable_x64``; without it a float64 request would be
+    silently truncated, so the float32 accumulation is used openly instead.
+    """
+    if is_jax_namespace(xp):
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            return acc_dtype(xp, dtype)
+    return xp.float64
+
+
+def xmul(xp: Any, a: Array, b: Array) -> Array:
+    """``a * b`` with ``0 * anything = 0`` (``q log q`` at ``q = 0``; ``q (z - m)`` at -inf).
+
+    Written as ``a * where(a == 0, 0, b)`` rather than ``where(a == 0, 0, a * b)``, so that
+    autograd never multiplies a zero upstream gradient by an infinite ``b`` (which gives NaN).
+    """
+    return a * xp.where(a == 0, 0.0, b)
+
+
+def is_numpy(xp: Any) -> bool:
+    return is_numpy_namespace(xp)

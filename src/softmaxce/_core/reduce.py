@@ -1,0 +1,102 @@
+"""From per-row losses to the reduced loss, and from the upstream gradient to per-row scales.
+
+``"mean"`` divides by a denominator ``W`` whose definition is a choice of semantics
+(``mean_by``):
+
+* ``"mass"``: ``W = sum_i v_i sum_c w_c y_ic``, the weighted target mass before smoothing
+  (``v_i`` = the row counts). Index targets and their one-hot float targets then agree, also
+  with class weights.
+* ``"valid"``: the number of rows that count (class weights not counted).
+* ``"positions"``: the number of rows, ignored ones included.
+* ``"batch"``: the size of the input's first axis.
+
+and what ``W == 0`` gives (``empty``): ``"zero"`` (loss 0 and gradient 0, never NaN),
+``"nan"`` (loss NaN, as PyTorch) or ``"one"`` (``W`` taken as 1, as Chainer and MXNet).
+Everything stays on the arrays' device: no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._xp import Array, namespace, wide_dtype
+from .rows import RowContext
+
+MEAN_BY = ("mass", "valid", "positions", "batch")
+EMPTY = ("zero", "nan", "one")
+
+
+def _dev(a: Array) -> Any:
+    from array_api_compat import device
+
+    return device(a)
+
+
+def target_mass(target: Array, weight: Array | None, ctx: RowContext, dtype: Any) -> Array:
+    """Per row ``v_i * sum_c w_c y_ic`` (``y`` before smoothing), in ``dtype``."""
+    xp = namespace(target, weight)
+    keep = ctx.keep
+    if target.ndim == 1:
+        if weight is None:
+            return xp.astype(keep, dtype)
+        w_t = xp.take(xp.astype(weight, dtype), xp.where(keep, target, xp.zeros_like(target)))
+        return xp.where(keep, w_t, 0.0)
+    y = xp.astype(target, dtype)
+    mass = xp.sum(y if weight is None else y * xp.astype(weight, dtype)[None, :], axis=1)
+    return xp.where(keep, mass, 0.0)
+
+
+def denominator(
+    target: Array,
+    weight: Array | None,
+    ctx: RowContext,
+    mean_by: str,
+    empty: str,
+    n_batch: int,
+    dtype: Any,
+) -> Array:
+    """``W`` of the mean (a 0-d array of ``dtype``), after the ``empty`` rule: 1 for
+    ``"one"``, NaN for ``"nan"`` when it is 0; ``"zero"`` leaves 0 (see :func:`reduce`)."""
+    xp = namespace(target, weight)
+    if mean_by == "mass":
+        total = xp.sum(target_mass(target, weight, ctx, dtype))
+    elif mean_by == "valid":
+        total = xp.sum(xp.astype(ctx.keep, dtype))
+    else:
+        count = target.shape[0] if mean_by == "positions" else n_batch
+        total = xp.asarray(float(count), dtype=dtype, device=_dev(target))
+    if empty == "one":
+        return xp.where(total == 0, 1.0, total)
+    if empty == "nan":
+        return xp.where(total == 0, math.nan, total)
+    return total
+
+
+def reduce(loss_rows: Array, reduction: str, total: Array | None) -> Array:
+    """``"none"``: the rows; ``"sum"``; ``"mean"``: the sum over ``total`` (0 when it is 0).
+
+    Sums are taken in float64 where the namespace has it.
+    """
+    if reduction == "none":
+        return loss_rows
+    xp = namespace(loss_rows)
+    s = xp.sum(xp.astype(loss_rows, wide_dtype(xp, loss_rows.dtype)))
+    if reduction == "sum":
+        return s
+    total = xp.astype(total, s.dtype)
+    return xp.where(total == 0, 0.0, s / xp.where(total == 0, 1.0, total))
+
+
+def row_scale(dloss: Array, reduction: str, total: Array | None, n: int) -> Array:
+    """Per-row multipliers of the gradient: ``dloss`` (per row for ``"none"``), divided by
+    ``W`` for ``"mean"``; 0 when ``W`` is 0 or NaN (nothing counts)."""
+    xp = namespace(dloss)
+    if reduction == "none":
+        return xp.reshape(dloss, (n,))
+    d = xp.broadcast_to(xp.reshape(dloss, (1,)), (n,))
+    if reduction == "sum":
+        return d
+    total = xp.astype(total, d.dtype)
+    ok = (total != 0) & (total == total)
+    return xp.where(ok, d / xp.where(ok, total, 1.0), 0.0)

@@ -1,0 +1,87 @@
+"""The loss options as one frozen object: built once by validation, flattened in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _validate as v
+from ._semantics import SOFTMAXCE, TABLE, Semantics
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """Validated scalar options of a softmax cross-entropy (arrays travel separately).
+
+    Build it with :func:`loss_options` (which validates); kernels and custom ops receive it
+    through :meth:`flat` / :meth:`from_flat`, never as loose positional tuples.
+    """
+
+    reduction: str = "mean"
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    softcap: float | None = None
+    kl: bool = False
+    semantics: Semantics = field(default=SOFTMAXCE)
+
+    def flat(self) -> tuple[str, int, float, float, float | None, bool, str]:
+        """The options as typed scalars, in :data:`FLAT_FIELDS` order (for custom ops)."""
+        return (
+            self.reduction,
+            self.ignore_index,
+            self.label_smoothing,
+            self.z_loss,
+            self.softcap,
+            self.kl,
+            self.semantics.name,
+        )
+
+    @classmethod
+    def from_flat(
+        cls,
+        reduction: str,
+        ignore_index: int,
+        label_smoothing: float,
+        z_loss: float,
+        softcap: float | None,
+        kl: bool,
+        semantics: str,
+    ) -> LossOptions:
+        """The inverse of :meth:`flat` (no validation: the values came from one)."""
+        return cls(reduction, ignore_index, label_smoothing, z_loss, softcap, kl, TABLE[semantics])
+
+
+FLAT_FIELDS = (
+    "reduction",
+    "ignore_index",
+    "label_smoothing",
+    "z_loss",
+    "softcap",
+    "kl",
+    "semantics",
+)
+
+
+def loss_options(
+    *,
+    reduction: Any = "mean",
+    ignore_index: Any = -100,
+    label_smoothing: Any = 0.0,
+    z_loss: Any = 0.0,
+    softcap: Any = None,
+    soft_target_loss: Any = "cross-entropy",
+    semantics: Any = "softmaxce",
+) -> LossOptions:
+    """Validate the scalar options once; ValueError/TypeError naming the bad one."""
+    sem = v.choice(semantics, tuple(TABLE), "semantics")
+    kl = v.choice(soft_target_loss, v.SOFT_TARGET_LOSSES, "soft_target_loss")
+    return LossOptions(
+        reduction=v.choice(reduction, v.REDUCTIONS, "reduction"),
+        ignore_index=v.integer(ignore_index, "ignore_index"),
+        label_smoothing=v.label_smoothing(label_smoothing),
+        z_loss=v.z_loss(z_loss),
+        softcap=v.softcap(softcap),
+        kl=kl == "kl-divergence",
+        semantics=TABLE[sem],
+    )
