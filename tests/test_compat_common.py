@@ -155,7 +155,7 @@ def test_no_second_copy_of_the_math():
     for mod in (chainer, mxnet, mygrad, optax, pytorch):
         src = inspect.getsource(mod)
         assert "np.exp(" not in src, mod.__name__
-        assert "logsumexp(" not in src.replace("_core.logsumexp(", ""), mod.__name__
+        assert "logsumexp(" not in src.replace("core.logsumexp(", ""), mod.__name__
 
 
 def _compat_array_args():

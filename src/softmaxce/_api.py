@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import math
+import contextlib
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from array_api_compat import is_numpy_namespace
 
-from . import _core, _dispatch
+from . import _dispatch
 from . import _validate as v
+from ._core import softmax as _softmax
+from ._core.reduce import EMPTY, MEAN_BY
+from ._options import loss_options
+from ._problem import as_array, as_float, prepare, where_array
+from ._run import run, run_probs
 
 __all__ = [
     "cross_entropy",
@@ -33,11 +39,21 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
+def _quiet(xp: Any):
+    """NumPy's floating-point warnings off (overflow to inf, 0/0 are results here)."""
+    return np.errstate(all="ignore") if is_numpy_namespace(xp) else contextlib.nullcontext()
+
+
 def _unary(x: Any, axis: Any, where: Any, name: str = "x"):
-    arr = v.float_array(x, name)
+    xp, arr = as_float(x, name)
     ax = v.class_axis(axis, arr.ndim, array=name)
     v.nonempty_classes(arr, ax, name)
-    return arr, ax, v.where_mask(where, arr.shape)
+    return xp, arr, ax, where_array(xp, arr, where)
+
+
+def _rows_kernels(xp: Any, arr: Any, ax: int, mask: Any):
+    """The numba row kernels for NumPy input they cover (see _dispatch.rows_kernels)."""
+    return _dispatch.rows_kernels(arr, ax, mask) if is_numpy_namespace(xp) else None
 
 
 def softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> np.ndarray:
@@ -65,12 +81,13 @@ def softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> np.ndarray:
     Blanchard, Higham & Higham, "Accurately computing the log-sum-exp and softmax functions",
     IMA J. Numer. Anal. 41 (2021).
     """
-    arr, ax, mask = _unary(x, axis, where)
-    kernels = _dispatch.rows_kernels(arr, ax, mask)
+    xp, arr, ax, mask = _unary(x, axis, where)
+    kernels = _rows_kernels(xp, arr, ax, mask)
     if kernels is not None:
         x2 = arr.reshape(-1, arr.shape[-1])
         return kernels.softmax_rows(x2, np.empty_like(x2)).reshape(arr.shape)
-    return _core.softmax(arr, ax, mask)
+    with _quiet(xp):
+        return _softmax.softmax(arr, ax, mask)
 
 
 def log_softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> np.ndarray:
@@ -86,12 +103,13 @@ def log_softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> np.ndarray:
     >>> softmaxce.log_softmax(np.array([0.0, 0.0, 1e6]))
     array([-1000000., -1000000.,        0.])
     """
-    arr, ax, mask = _unary(x, axis, where)
-    kernels = _dispatch.rows_kernels(arr, ax, mask)
+    xp, arr, ax, mask = _unary(x, axis, where)
+    kernels = _rows_kernels(xp, arr, ax, mask)
     if kernels is not None:
         x2 = arr.reshape(-1, arr.shape[-1])
         return kernels.log_softmax_rows(x2, np.empty_like(x2)).reshape(arr.shape)
-    return _core.log_softmax(arr, ax, mask)
+    with _quiet(xp):
+        return _softmax.log_softmax(arr, ax, mask)
 
 
 def logsumexp(
@@ -111,21 +129,22 @@ def logsumexp(
     >>> float(softmaxce.logsumexp(np.array([0.0, np.log(3.0)])).round(12))
     1.386294361120
     """
-    arr, ax, mask = _unary(x, axis, where)
-    kernels = _dispatch.rows_kernels(arr, ax, mask)
+    xp, arr, ax, mask = _unary(x, axis, where)
+    kernels = _rows_kernels(xp, arr, ax, mask)
     if kernels is not None:
         out = kernels.logsumexp_rows(arr.reshape(-1, arr.shape[-1])).reshape(arr.shape[:-1])
         return out[..., None] if keepdims else out
-    return _core.logsumexp(arr, ax, bool(keepdims), mask)
+    with _quiet(xp):
+        return _softmax.logsumexp(arr, ax, bool(keepdims), mask)
 
 
 def _vjp_inputs(a: Any, dy: Any, axis: Any, name_a: str):
-    arr = v.float_array(a, name_a)
-    d = v.float_array(dy, "dy")
+    xp, arr = as_float(a, name_a)
+    _, d = as_float(as_array(xp, arr, dy, "dy"), "dy")
     v.same_shape(arr, d, name_a, "dy")
     ax = v.class_axis(axis, arr.ndim, array=name_a)
     v.nonempty_classes(arr, ax, name_a)
-    return arr, d, ax
+    return xp, arr, d, ax
 
 
 def softmax_vjp(y: Any, dy: Any, /, *, axis: int = -1) -> np.ndarray:
@@ -145,8 +164,9 @@ def softmax_vjp(y: Any, dy: Any, /, *, axis: int = -1) -> np.ndarray:
     >>> softmaxce.softmax_vjp(y, np.array([1.0, 1.0, 1.0]))  # a constant shift has no effect
     array([0., 0., 0.])
     """
-    arr, d, ax = _vjp_inputs(y, dy, axis, "y")
-    return _core.softmax_vjp(arr, d, ax).astype(np.result_type(arr, d), copy=False)
+    xp, arr, d, ax = _vjp_inputs(y, dy, axis, "y")
+    with _quiet(xp):
+        return xp.astype(_softmax.softmax_vjp(arr, d, ax), xp.result_type(arr, d))
 
 
 def log_softmax_vjp(logp: Any, dy: Any, /, *, axis: int = -1) -> np.ndarray:
@@ -162,8 +182,9 @@ def log_softmax_vjp(logp: Any, dy: Any, /, *, axis: int = -1) -> np.ndarray:
     >>> softmaxce.log_softmax_vjp(logp, np.array([-1.0, 0.0]))  # gradient of -logp[0]
     array([-0.5,  0.5])
     """
-    arr, d, ax = _vjp_inputs(logp, dy, axis, "logp")
-    return _core.log_softmax_vjp(arr, d, ax).astype(np.result_type(arr, d), copy=False)
+    xp, arr, d, ax = _vjp_inputs(logp, dy, axis, "logp")
+    with _quiet(xp):
+        return xp.astype(_softmax.log_softmax_vjp(arr, d, ax), xp.result_type(arr, d))
 
 
 def softmax_jacobian(y: Any, /, *, axis: int = -1) -> np.ndarray:
@@ -180,173 +201,16 @@ def softmax_jacobian(y: Any, /, *, axis: int = -1) -> np.ndarray:
     array([[ 0.25, -0.25],
            [-0.25,  0.25]])
     """
-    arr = v.float_array(y, "y")
+    xp, arr = as_float(y, "y")
     ax = v.class_axis(axis, arr.ndim, array="y")
     v.nonempty_classes(arr, ax, "y")
-    return _core.softmax_jacobian(arr, ax).astype(arr.dtype, copy=False)
+    with _quiet(xp):
+        return xp.astype(_softmax.softmax_jacobian(arr, ax), arr.dtype)
 
 
 # --------------------------------------------------------------------------------------------
-# Losses: the shared preparation of rows
+# Losses: options built and inputs validated once, then one run
 # --------------------------------------------------------------------------------------------
-
-
-# How "mean" normalises, for the compat modes and front ends (SPEC §1 is "mass" / "zero"):
-#   mean_by: "mass"      W = sum_i v_i sum_c w_c y_ic (the target before smoothing)
-#            "valid"     W = number of positions with v_i = 1 (class weights not counted)
-#            "positions" W = number of positions (ignored ones included)
-#            "batch"     W = size of the input's first axis
-#   empty:   what W == 0 gives: "zero" (loss 0, gradient 0), "nan" (loss NaN, gradient 0, as
-#            PyTorch), "one" (W is clipped to at least 1, as Chainer and MXNet)
-MEAN_BY = ("mass", "valid", "positions", "batch")
-EMPTY = ("zero", "nan", "one")
-
-
-@dataclass
-class _Rows:
-    """A validated problem, flattened to (N, C) rows with the class axis last."""
-
-    x: np.ndarray  # the validated float input, original layout
-    axis: int
-    x2: np.ndarray  # (N, C) rows (a view of x when its class axis is last and contiguous)
-    target: np.ndarray  # (N,) int64 or (N, C) float
-    where: np.ndarray | None  # (N, C) bool
-    weight: np.ndarray | None
-    ignore_index: int
-    reduction: str
-    batch_shape: tuple[int, ...]
-    mean_by: str = "mass"
-    empty: str = "zero"
-
-    def unit_weights(self, z_loss: float) -> float:
-        """Scale the class weights by a power of two ``2**-e`` that puts their largest magnitude
-        in [1, 2), where the weights' scale cancels; returns ``z_loss`` scaled alike.
-
-        It cancels in a "mean" over the weight mass W (``mean_by="mass"``): scaling every
-        weight and ``z_loss`` by ``2**-e`` scales each loss row and W by ``2**-e``, exactly (a
-        power of two), and leaves the mean and its gradient unchanged. The kernels then never
-        see weights beyond the accumulation dtype's range: weights below float32's smallest
-        subnormal (1.4e-45) would round to 0 in a float32 kernel while ``1 / W`` overflows,
-        giving loss 0 and NaN gradients. ``z_loss`` may exceed the float32 range after
-        scaling: the kernels form its terms in float64. With "sum" and "none" the losses are
-        proportional to the weights: tiny weights give tiny losses and gradients, rounded to
-        the output dtype (to 0 in float32 for 1e-46), never NaN; nothing is scaled there.
-        """
-        w = self.weight
-        if w is None or self.reduction != "mean" or self.mean_by != "mass":
-            return z_loss
-        if self.empty == "one":  # W == 0 would become 1: the scale would not cancel
-            return z_loss
-        big = float(np.max(np.abs(w)))
-        if big == 0:
-            return z_loss
-        e = math.frexp(big)[1] - 1
-        try:
-            scaled = math.ldexp(z_loss, -e)
-        except OverflowError:  # z_loss / W beyond float64: leave everything as it is
-            return z_loss
-        self.weight = np.ldexp(w, -e)
-        return scaled
-
-    def denominator(self) -> float:
-        """W of the mean (see MEAN_BY); NaN when it is 0 under ``empty="nan"``."""
-        n = self.x2.shape[0]
-        valid = np.ones(n, dtype=bool) if self.where is None else self.where.any(1)
-        if self.mean_by == "mass":
-            total = float(
-                _core.target_mass(self.target, self.weight, self.ignore_index, valid).sum()
-            )
-        elif self.mean_by == "valid":
-            if self.target.ndim == 2:  # soft targets have no ignored positions
-                total = float(valid.sum())
-            else:
-                total = float(_core.target_mass(self.target, None, self.ignore_index, valid).sum())
-        elif self.mean_by == "positions":
-            total = float(n)
-        else:
-            total = float(self.x.shape[0])
-        if total == 0 and self.empty == "one":
-            return 1.0
-        if total == 0 and self.empty == "nan":
-            return float("nan")
-        return total
-
-    def zero_mass(self, total: float) -> bool:
-        """Whether the SPEC's rule "W == 0: loss 0 and gradient 0" applies (``empty="zero"``)."""
-        return self.reduction == "mean" and self.empty == "zero" and total == 0
-
-    def row_scale(self, dloss: Any) -> tuple[np.ndarray, float]:
-        """Per-row gradient multipliers for ``dloss``, and the mean denominator W."""
-        n = self.x2.shape[0]
-        loss_shape = self.batch_shape if self.reduction == "none" else ()
-        d = v.dloss_array(dloss, loss_shape)
-        if self.reduction == "none":
-            return d.reshape(n), 1.0
-        if self.reduction == "sum":
-            return np.full(n, float(d)), 1.0
-        total = self.denominator()
-        # W == 0 or NaN (everything ignored, or an empty batch): gradient 0 (pytorch#70348).
-        ok = total != 0 and total == total
-        return np.full(n, float(d) / total if ok else 0.0), total
-
-    def reduce(self, rows: np.ndarray, total: float | None = None) -> Any:
-        """Reduce per-row float64 losses; returns a NumPy scalar or array of the input dtype."""
-        out_type = self.x.dtype.type
-        # Rounding to float16 may overflow to inf; that is the right float16 result, no warning.
-        with np.errstate(over="ignore"):
-            if self.reduction == "none":
-                return rows.reshape(self.batch_shape).astype(self.x.dtype)
-            s = float(rows.sum())
-            if self.reduction == "sum":
-                return out_type(s)
-            if total is None:
-                total = self.denominator()
-            # W == 0: 0, never NaN (pytorch#70348), unless empty="nan" made W NaN.
-            return out_type(s / total if total != 0 else 0.0)
-
-    def to_layout(self, rows2: np.ndarray) -> np.ndarray:
-        """(N, C) gradient rows back to the layout of x."""
-        moved = rows2.reshape((*self.batch_shape, rows2.shape[1]))
-        return moved if self.axis == moved.ndim - 1 else np.moveaxis(moved, -1, self.axis)
-
-
-def _classes_last(a: np.ndarray, axis: int) -> np.ndarray:
-    """``a`` with its class axis last (itself when it already is: moveaxis costs ~10 us)."""
-    return a if axis == a.ndim - 1 else np.moveaxis(a, axis, -1)
-
-
-def _rows(
-    x: Any,
-    target: Any,
-    *,
-    axis: Any,
-    weight: Any,
-    ignore_index: Any,
-    reduction: Any,
-    where: Any = None,
-    name: str = "logits",
-    mean_by: str = "mass",
-    empty: str = "zero",
-    negative_weight: bool = False,
-) -> _Rows:
-    arr = v.float_array(x, name)
-    ax = v.class_axis(axis, arr.ndim, array=name)
-    n_classes = v.nonempty_classes(arr, ax, name)
-    ignore = v.ignore_index(ignore_index)
-    red = v.reduction(reduction)
-    t = v.target_array(target, arr, ax, ignore)
-    w = v.class_weight(weight, n_classes, allow_negative=negative_weight)
-    mask = v.where_mask(where, arr.shape)
-
-    moved = _classes_last(arr, ax)
-    batch_shape = moved.shape[:-1]
-    x2 = moved.reshape(-1, n_classes)  # a view when possible, else a copy
-    if t.dtype.kind == "f":
-        t2 = _classes_last(t, ax).reshape(-1, n_classes)
-    else:
-        t2 = t.reshape(-1).astype(np.int64, copy=False)
-    mask2 = None if mask is None else _classes_last(mask, ax).reshape(-1, n_classes)
-    return _Rows(arr, ax, x2, t2, mask2, w, ignore, red, batch_shape, mean_by, empty)
 
 
 LOSS_DEFAULTS: dict[str, Any] = {
@@ -379,70 +243,49 @@ def fused(
     softcap: Any,
     where: Any,
     soft_target_loss: Any,
-    mean_by: str = "mass",
-    empty: str = "zero",
-    negative_weight: bool = False,
+    semantics: str = "softmaxce",
     grad_dtype: Any = None,
-) -> tuple[Any, np.ndarray | None]:
-    """The one entry point of every fused loss: validate, flatten, pick a kernel, reduce.
+    mean_by: str | None = None,
+    empty: str | None = None,
+    negative_weight: bool | None = None,
+) -> tuple[Any, Any]:
+    """Validate (once), then run: the loss and, with ``want_grad``, its gradient.
 
-    Public functions, ops objects, compat modes and front ends all call this. ``mean_by`` and
-    ``empty`` choose how "mean" normalises (see MEAN_BY); the public API uses the SPEC's.
-    ``negative_weight`` accepts negative class weights (compat modes of frameworks that do).
-    ``grad_dtype`` (without ``inplace``) overrides the gradient's dtype, e.g. float32 for
-    float16 logits whose gradient will be scaled again later and should be rounded only once.
+    ``semantics`` names a row of ``softmaxce._semantics.TABLE`` (how "mean" divides, what an
+    empty batch gives, a framework's NaN quirks). ``grad_dtype`` (without ``inplace``)
+    overrides the gradient's dtype, e.g. float32 for float16 logits whose gradient will be
+    scaled again later and should be rounded only once.
     """
     if v.flag(inplace, "inplace"):
         v.inplace_buffer(logits)
         v.disjoint_from_buffer(logits, target=target, weight=weight, where=where, dloss=dloss)
-    rows = _rows(
-        logits,
-        target,
-        axis=axis,
-        weight=weight,
-        ignore_index=ignore_index,
+    opts = loss_options(
         reduction=reduction,
-        where=where,
-        mean_by=v.choice(mean_by, MEAN_BY, "mean_by"),
-        empty=v.choice(empty, EMPTY, "empty"),
-        negative_weight=negative_weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        soft_target_loss=soft_target_loss,
+        semantics=semantics,
     )
-    z_loss = rows.unit_weights(v.z_loss(z_loss))
-    opts = {
-        "weight": rows.weight,
-        "ignore_index": rows.ignore_index,
-        "label_smoothing": v.label_smoothing(label_smoothing),
-        "z_loss": z_loss,
-        "softcap": v.softcap(softcap, rows.x.dtype),
-        "where": rows.where,
-        "kl": v.soft_target_loss(soft_target_loss) == "kl-divergence",
-    }
-    backend = v.backend(backend)
-    if not want_grad:
-        kernel = _dispatch.select(backend, rows.x2, rows.target, **opts)
-        return rows.reduce(
-            kernel(rows.x2, rows.target, row_scale=None, grad_out=None, **opts)
-        ), None
-
-    scale, total = rows.row_scale(dloss)
-    x2 = rows.x2
-    # In place, the gradient overwrites the rows: a view of the logits when the class axis is
-    # last (no N x C allocation), else our own moved copy, which is copied back below.
-    grad2 = x2 if inplace else np.empty(x2.shape, dtype=grad_dtype or rows.x.dtype)
-    kernel = _dispatch.select(backend, x2, rows.target, grad_out=grad2, **opts)
-    if rows.zero_mass(total):
-        # W == 0: loss 0 and gradient exactly 0, whatever the logits (a NaN logit of a row of
-        # zero weight would otherwise give 0 * NaN); for every kernel, in place or not.
-        grad2[...] = 0
-        loss = rows.reduce(np.zeros(x2.shape[0]), total)
-    else:
-        loss_rows = kernel(x2, rows.target, row_scale=scale, grad_out=grad2, **opts)
-        loss = rows.reduce(loss_rows, total)
-    if inplace:
-        if not np.may_share_memory(grad2, logits):
-            np.copyto(logits, rows.to_layout(grad2))
-        return loss, logits
-    return loss, rows.to_layout(grad2)
+    if mean_by is not None:  # (transition: the compat modes and torch front end's knobs)
+        sem = dataclasses.replace(
+            opts.semantics,
+            mean_index=v.choice(mean_by, MEAN_BY, "mean_by"),
+            mean_soft=mean_by,
+            empty=v.choice(empty, EMPTY, "empty"),
+            negative_weight=bool(negative_weight),
+        )
+        opts = dataclasses.replace(opts, semantics=sem)
+    problem = prepare(logits, target, opts, axis=axis, weight=weight, where=where)
+    return run(
+        problem,
+        want_grad=want_grad,
+        dloss=dloss,
+        inplace=inplace,
+        backend=v.backend(backend),
+        grad_dtype=grad_dtype,
+    )
 
 
 def softmax_cross_entropy(
@@ -592,6 +435,11 @@ def softmax_cross_entropy_with_grad(
 # --------------------------------------------------------------------------------------------
 
 
+def _probs_problem(probs, target, axis, weight, ignore_index, reduction):
+    opts = loss_options(reduction=reduction, ignore_index=ignore_index)
+    return prepare(probs, target, opts, axis=axis, weight=weight, name="probs")
+
+
 def cross_entropy(
     probs: Any,
     target: Any,
@@ -617,20 +465,8 @@ def cross_entropy(
     >>> float(softmaxce.cross_entropy(p, np.array([2])).round(6))
     0.693147
     """
-    rows = _rows(
-        probs,
-        target,
-        axis=axis,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        name="probs",
-    )
-    rows.unit_weights(0.0)
-    loss_rows, _ = _core.ce_rows(
-        rows.x2, rows.target, weight=rows.weight, ignore_index=rows.ignore_index, row_scale=None
-    )
-    return rows.reduce(loss_rows)
+    problem = _probs_problem(probs, target, axis, weight, ignore_index, reduction)
+    return run_probs(problem, want_grad=False)
 
 
 def cross_entropy_vjp(
@@ -657,23 +493,8 @@ def cross_entropy_vjp(
     >>> softmaxce.cross_entropy_vjp(p, np.array([2]), 1.0)
     array([[ 0.,  0., -2.]])
     """
-    rows = _rows(
-        probs,
-        target,
-        axis=axis,
-        weight=weight,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        name="probs",
-    )
-    rows.unit_weights(0.0)
-    scale, _ = rows.row_scale(dloss)
-    _, grad = _core.ce_rows(
-        rows.x2, rows.target, weight=rows.weight, ignore_index=rows.ignore_index, row_scale=scale
-    )
-    with np.errstate(over="ignore"):  # -1/p beyond the float16 range is -inf, correctly
-        grad = grad.astype(rows.x.dtype, copy=False)  # type: ignore[union-attr]
-    return rows.to_layout(grad)
+    problem = _probs_problem(probs, target, axis, weight, ignore_index, reduction)
+    return run_probs(problem, want_grad=True, dloss=dloss)
 
 
 # --------------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def _kernel_name(backend: str) -> str:
         kernel = _dispatch.select(backend, np.zeros((32, 10)), np.zeros(32, dtype=np.int64))
     except ImportError as exc:
         raise SystemExit(f"softmaxce demo: error: --backend {backend}: {exc}") from None
-    return "numpy core" if kernel.__module__.endswith("_core") else "numba kernel"
+    return "numpy core" if kernel is None else "numba kernel"
 
 
 def cmd_demo(args: argparse.Namespace, term: Terminal) -> int:

@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-
 # Below this many logits (N * C) "auto" keeps the NumPy core unless the kernel is already
 # loaded: importing numba and loading the cached kernel costs about 0.75 s once, which a user
 # of small problems should not pay. Once loaded, the kernel is faster at every size (72 us vs
@@ -72,18 +70,19 @@ def select(
     grad_out: np.ndarray | None = None,
     **_: Any,
 ):
-    """The row kernel (``fused_rows`` of docs/internals.md) for this problem."""
+    """The numba row kernel (``fused_rows`` of docs/internals.md) for this problem, or None
+    for the core."""
     small = x.size < AUTO_MIN_SIZE and _KERNELS not in sys.modules
     if backend == "numpy" or (backend == "auto" and small):
-        return _core.fused_rows  # small problems never pay numba's import or compile
+        return None  # small problems never pay numba's import or compile
     kernels = numba_kernels()
     if kernels is None:
         if backend == "numba":
             msg = f"backend='numba' cannot run: {unavailable()}; use 'auto' or 'numpy'"
             raise ImportError(msg)
-        return _core.fused_rows
+        return None
     if not kernels.supports(x, target, where=where, weight=weight, grad_out=grad_out):
-        return _core.fused_rows
+        return None
     return kernels.fused_rows
 
 

@@ -1,4 +1,4 @@
-"""Fused CPU row kernels in numba: the fast twin of ``softmaxce._core.fused_rows``.
+"""Fused CPU row kernels in numba: the fast twin of the core's row contract (``_core.rows``).
 
 The contract (signature, semantics, what ``row_scale`` and ``grad_out`` mean) is the one in
 ``docs/internals.md``; this module implements exactly that. It imports numba at import time,
@@ -954,7 +954,7 @@ def fused_rows(
 ):
     """Per-row fused softmax cross-entropy (and gradient); see ``docs/internals.md``.
 
-    Same contract as ``softmaxce._core.fused_rows``; the inputs must satisfy :func:`supports`.
+    Same contract as ``softmaxce._core.rows.fused_rows``; the inputs must satisfy :func:`supports`.
     Returns the (N,) float64 per-row losses; with ``row_scale`` writes the gradient into
     ``grad_out`` (which may be ``x``: then nothing of size N x C is allocated). An index
     target outside ``[0, C)`` that is not ``ignore_index`` (the public API rejects those)

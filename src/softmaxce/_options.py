@@ -75,10 +75,10 @@ def loss_options(
 ) -> LossOptions:
     """Validate the scalar options once; ValueError/TypeError naming the bad one."""
     sem = v.choice(semantics, tuple(TABLE), "semantics")
-    kl = v.choice(soft_target_loss, v.SOFT_TARGET_LOSSES, "soft_target_loss")
+    kl = v.soft_target_loss(soft_target_loss)
     return LossOptions(
-        reduction=v.choice(reduction, v.REDUCTIONS, "reduction"),
-        ignore_index=v.integer(ignore_index, "ignore_index"),
+        reduction=v.reduction(reduction),
+        ignore_index=v.ignore_index(ignore_index),
         label_smoothing=v.label_smoothing(label_smoothing),
         z_loss=v.z_loss(z_loss),
         softcap=v.softcap(softcap),

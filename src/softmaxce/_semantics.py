@@ -22,7 +22,8 @@ class Semantics:
     empty: str  # what a zero denominator gives
     negative_weight: bool  # class weights may be negative
     # NaN quirks, each off in softmaxce's own semantics:
-    nan_zero_log_zero: bool = False  # coef * log_softmax with coef 0 at a -inf logit -> NaN
+    nan_zero_log_zero: str = ""  # the framework forms coef * log_softmax, and 0 * -inf is NaN:
+    # "" never, "soft" for probability targets only, "all" for both kinds
     nan_zero_mass_grad: bool = False  # mean of index targets with W == 0: NaN gradient on the
     # rows that count (0 * 1/0)
     nan_nonfinite_row_grad: bool = False  # a row whose log-softmax is NaN (NaN or +inf logit,
@@ -45,17 +46,21 @@ TABLE: dict[str, Semantics] = {
         "positions",
         "nan",
         negative_weight=True,
-        nan_zero_log_zero=True,
+        nan_zero_log_zero="all",
         nan_zero_mass_grad=True,
         nan_nonfinite_row_grad=True,
     ),
     # chainer.functions.softmax_cross_entropy (normalize=True; normalize=False divides by the
     # batch), soft targets: t * log_softmax.
-    "chainer": Semantics("chainer", "valid", "positions", "one", negative_weight=True),
+    "chainer": Semantics(
+        "chainer", "valid", "positions", "one", negative_weight=True, nan_zero_log_zero="soft"
+    ),
     # mygrad.nnet.losses.softmax_crossentropy: the mean over the batch, 0/0 = NaN.
     "mygrad": Semantics("mygrad", "batch", "batch", "nan", negative_weight=False),
     # optax returns per-example losses: "mean" is never taken.
-    "optax": Semantics("optax", "valid", "positions", "zero", negative_weight=False),
+    "optax": Semantics(
+        "optax", "valid", "positions", "zero", negative_weight=False, nan_zero_log_zero="soft"
+    ),
     # MXNet SoftmaxOutput: its normalisation reaches the core as dloss with reduction "sum".
     "mxnet": Semantics("mxnet", "valid", "positions", "one", negative_weight=False),
 }

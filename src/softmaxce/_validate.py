@@ -155,7 +155,7 @@ def softcap(value: Any, dtype: np.dtype | None = None) -> float | None:
     """``softcap`` as a float, or None.
 
     With the logits' ``dtype`` (known once the logits are) it must also fit the accumulation
-    dtype ``acc`` (at least float32, as ``_core.acc_dtype``), where ``softcap * tanh(x /
+    dtype ``acc`` (at least float32, as ``_core._xp.acc_dtype``), where ``softcap * tanh(x /
     softcap)`` and its derivative are computed: ``softcap`` and ``1 / softcap`` must be normal
     ``acc`` numbers, i.e. ``tiny <= softcap <= 1 / tiny``. Beyond that the cap is ``inf`` (and
     ``inf * 0`` NaN) or its reciprocal is.

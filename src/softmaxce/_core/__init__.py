@@ -1,4 +1,9 @@
-"""The formulas of softmaxce, written once, for any array library (see ``docs/internals.md``)."""
+"""The formulas of softmaxce, written once against the Array API (see ``docs/internals.md``).
 
-from ._legacy import *  # noqa: F403  (transition: the NumPy-only core, being replaced)
-from ._legacy import _ERRSTATE, _xmul  # noqa: F401
+``softmax``: the softmax family and its vector-Jacobian products; ``rows``: the row contract
+of the fused loss (statistics, merge, loss, gradient); ``reduce``: denominators, reductions
+and per-row gradient scales; ``probs``: cross-entropy on probabilities; ``quirks``: masks of
+the NaNs some frameworks produce. Nothing here validates user input, writes into an array, or
+imports from the rest of the package. With NumPy arrays the callers silence NumPy's
+floating-point warnings (``np.errstate``): overflow to inf and 0/0 are results here.
+"""

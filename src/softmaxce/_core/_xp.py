@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 from array_api_compat import array_namespace, is_jax_namespace, is_numpy_namespace
 
 Array = Any  # an array of whatever library the caller uses
@@ -18,9 +19,24 @@ Array = Any  # an array of whatever library the caller uses
 NEG_INF = -math.inf
 
 
+_BY_TYPES: dict[frozenset, Any] = {}
+_NUMPY_IS_ARRAY_API = tuple(int(p) for p in np.__version__.split(".")[:2]) >= (2, 1)
+
+
 def namespace(*arrays: Any) -> Any:
-    """The array namespace shared by the non-None ``arrays``."""
-    return array_namespace(*(a for a in arrays if a is not None))
+    """The array namespace shared by the non-None ``arrays``.
+
+    Cached by the arrays' types (the namespace depends on nothing else), since the core asks
+    for it in every function and array-api-compat's lookup costs microseconds.
+    """
+    key = frozenset(type(a) for a in arrays if a is not None)
+    xp = _BY_TYPES.get(key)
+    if xp is None:
+        xp = array_namespace(*(a for a in arrays if a is not None))
+        if is_numpy_namespace(xp) and _NUMPY_IS_ARRAY_API:
+            xp = np  # NumPy >= 2.1 is an Array API namespace itself: no wrappers to pay for
+        _BY_TYPES[key] = xp
+    return xp
 
 
 def acc_dtype(xp: Any, dtype: Any) -> Any:
@@ -52,4 +68,4 @@ def xmul(xp: Any, a: Array, b: Array) -> Array:
 
 
 def is_numpy(xp: Any) -> bool:
-    return is_numpy_namespace(xp)
+    return xp is np or is_numpy_namespace(xp)

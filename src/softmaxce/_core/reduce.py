@@ -59,10 +59,10 @@ def denominator(
     """``W`` of the mean (a 0-d array of ``dtype``), after the ``empty`` rule: 1 for
     ``"one"``, NaN for ``"nan"`` when it is 0; ``"zero"`` leaves 0 (see :func:`reduce`)."""
     xp = namespace(target, weight)
-    if mean_by == "mass":
+    if mean_by == "mass" and not (weight is None and target.ndim == 1):
         total = xp.sum(target_mass(target, weight, ctx, dtype))
-    elif mean_by == "valid":
-        total = xp.sum(xp.astype(ctx.keep, dtype))
+    elif mean_by in ("mass", "valid"):  # (index targets without weights: their mass is 1)
+        total = xp.sum(ctx.keep, dtype=dtype)
     else:
         count = target.shape[0] if mean_by == "positions" else n_batch
         total = xp.asarray(float(count), dtype=dtype, device=_dev(target))
@@ -81,22 +81,21 @@ def reduce(loss_rows: Array, reduction: str, total: Array | None) -> Array:
     if reduction == "none":
         return loss_rows
     xp = namespace(loss_rows)
-    s = xp.sum(xp.astype(loss_rows, wide_dtype(xp, loss_rows.dtype)))
+    s = xp.sum(xp.astype(loss_rows, wide_dtype(xp, loss_rows.dtype), copy=False))
     if reduction == "sum":
         return s
-    total = xp.astype(total, s.dtype)
-    return xp.where(total == 0, 0.0, s / xp.where(total == 0, 1.0, total))
+    empty = total == 0
+    return xp.where(empty, 0.0, s / xp.where(empty, 1.0, total))
 
 
 def row_scale(dloss: Array, reduction: str, total: Array | None, n: int) -> Array:
-    """Per-row multipliers of the gradient: ``dloss`` (per row for ``"none"``), divided by
-    ``W`` for ``"mean"``; 0 when ``W`` is 0 or NaN (nothing counts)."""
+    """The gradient's multipliers: ``dloss`` per row (``"none"``, shape (N,)), or one for every
+    row (shape ()): ``dloss``, divided by ``W`` for ``"mean"``, 0 when ``W`` is 0 or NaN
+    (nothing counts)."""
     xp = namespace(dloss)
     if reduction == "none":
         return xp.reshape(dloss, (n,))
-    d = xp.broadcast_to(xp.reshape(dloss, (1,)), (n,))
     if reduction == "sum":
-        return d
-    total = xp.astype(total, d.dtype)
+        return dloss
     ok = (total != 0) & (total == total)
-    return xp.where(ok, d / xp.where(ok, total, 1.0), 0.0)
+    return xp.where(ok, dloss / xp.where(ok, total, 1.0), 0.0)

@@ -47,7 +47,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, NamedTuple
 
-from ._xp import NEG_INF, Array, acc_dtype, namespace, xmul
+from ._xp import NEG_INF, Array, acc_dtype, namespace, wide_dtype, xmul
 from .softmax import log_sum, max_ref, split_sum
 
 
@@ -77,15 +77,19 @@ def row_context(
     xp = namespace(x, target, where)
     acc = acc_dtype(xp, x.dtype)
     n = x.shape[0]
+    index = target.ndim == 1
     if where is None:
-        keep = xp.ones((n,), dtype=xp.bool, device=_dev(x))
         n_allowed = float(n_classes)
+        if index:
+            keep = target != opts.ignore_index
+        else:
+            keep = xp.ones((n,), dtype=xp.bool, device=_dev(x))
     else:
         counts = xp.sum(xp.astype(where, acc), axis=1)
         keep = counts > 0
         n_allowed = xp.where(keep, counts, 1.0)
-    if target.ndim == 1:
-        keep = keep & (target != opts.ignore_index)
+        if index:
+            keep = keep & (target != opts.ignore_index)
     eps = opts.label_smoothing
     if not eps:
         return RowContext(keep, None)
@@ -242,10 +246,9 @@ def merge(a: RowStats, b: RowStats) -> RowStats:
     scale_a, scale_b = xp.exp(ref_a - ref), xp.exp(ref_b - ref)
     top_a, top_b = a.m == m, b.m == m
     ties = xp.where(top_a, a.ties, 0.0) + xp.where(top_b, b.ties, 0.0)
-    rest = (
-        (a.rest + xp.where(top_a, 0.0, a.ties)) * scale_a
-        + (b.rest + xp.where(top_b, 0.0, b.ties)) * scale_b
-    )
+    rest = (a.rest + xp.where(top_a, 0.0, a.ties)) * scale_a + (
+        b.rest + xp.where(top_b, 0.0, b.ties)
+    ) * scale_b
     tz = a.tz + xmul(xp, a.mass, ref_a - ref) + (b.tz + xmul(xp, b.mass, ref_b - ref))
     return RowStats(m, ties, rest, a.mass + b.mass, tz, a.kl + b.kl)
 
@@ -258,16 +261,24 @@ def lse(stats: RowStats) -> Array:
 
 def row_loss(stats: RowStats, opts: Any, ctx: RowContext) -> Array:
     """Per-row losses ``S log s - T (+ K) + zeta lse**2`` from merged statistics; 0 on rows
-    that do not count (ignored, or no allowed class), whatever their logits."""
+    that do not count (ignored, or no allowed class), whatever their logits. In float64
+    where the array library has it (the per-row terms are in the accumulation dtype)."""
     xp = namespace(stats.m)
     log_s = log_sum(xp, stats.ties, stats.rest)
-    loss = xmul(xp, stats.mass, log_s) - stats.tz
+    loss = stats.mass * log_s - stats.tz  # (a NaN logit makes log_s NaN: NaN, whatever S)
     if opts.kl:
         loss = loss + stats.kl
+    loss = xp.astype(loss, wide_dtype(xp, loss.dtype))
     if opts.z_loss:
-        lse_i = max_ref(xp, stats.m) + log_s
-        loss = loss + opts.z_loss * (lse_i * lse_i)
+        loss = loss + _z_term(xp, stats, opts.z_loss, loss.dtype)
     return xp.where(ctx.keep, loss, 0.0)
+
+
+def _z_term(xp: Any, stats: RowStats, z_loss: float, dtype: Any) -> Array:
+    """``z_loss * lse**2`` in ``dtype`` (float64 where available): a z_loss beyond float32
+    times a zero ``lse`` is 0, not ``inf * 0``."""
+    lse_w = xp.astype(lse(stats), dtype)
+    return z_loss * (lse_w * lse_w)
 
 
 def _target_weight_block(xp, acc, shape, target, col_offset, opts, ctx, weight, where):
@@ -309,12 +320,16 @@ def row_grad(
     ties, rest = stats.ties[:, None], stats.rest[:, None]
     s = ties + rest
     coef = stats.mass
-    if opts.z_loss:
-        coef = coef + (2.0 * opts.z_loss) * lse(stats)
+    if opts.z_loss:  # S + 2 z_loss lse, formed in float64 where available (as _z_term)
+        wide = wide_dtype(xp, acc)
+        coef = xp.astype(
+            xp.astype(coef, wide) + (2.0 * opts.z_loss) * xp.astype(lse(stats), wide), acc
+        )
     wq = _target_weight_block(xp, acc, x.shape, target, col_offset, opts, ctx, weight, where)
     p = e / s
     g = (coef[:, None] - wq) * p - wq * (((ties - e) + rest) / s)
-    g = g * xp.astype(row_scale, acc)[:, None]
+    r = xp.astype(row_scale, acc)
+    g = g * (r if r.ndim == 0 else r[:, None])
     if opts.softcap is not None:
         g = g * cap_slope(xp, x, acc, opts.softcap)
     live = ctx.keep[:, None] if where is None else ctx.keep[:, None] & where

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import _core
 from .. import _validate as v
+from .._core._xp import xmul
 from . import _common
 
 __all__ = ["softmax_cross_entropy", "softmax_cross_entropy_with_grad"]
@@ -69,7 +69,7 @@ def _call(
             # sum_c t log(t + eps): a constant of the target, so the gradient is unchanged.
             with np.errstate(divide="ignore", invalid="ignore"):
                 tq = p.target.astype(np.float64)
-                offset = np.sum(_core._xmul(tq, np.log(tq + KL_EPS)), axis=1)
+                offset = np.sum(xmul(np, tq, np.log(tq + KL_EPS)), axis=1)
             if red == "no":
                 loss = (loss + offset).astype(loss.dtype)
             else:

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import _core
 from .. import _validate as v
+from .._core import softmax as core
 from . import _common
 
 __all__ = ["SoftmaxOutput", "SoftmaxOutput_with_grad"]
@@ -155,7 +155,8 @@ def _call(
     if not prob:
         row_labels, spatial = _row_labels(x.shape, lab, bool(multi_output), bool(preserve_shape))
     rows = to_rows(x)
-    out = from_rows(_core.softmax(rows, -1, None))
+    with np.errstate(all="ignore"):
+        out = from_rows(core.softmax(rows, -1, None))
     if not want_grad:
         return out, None
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import _core
 from .. import _validate as v
+from .._core import softmax as core
 from . import _common
 
 __all__ = [
@@ -159,12 +159,13 @@ def _int(logits, labels, axis, where, *, want_grad, dloss):
         ignore_index=-1,
     )
     xr, mr, tr = x2[masked_label], m2[masked_label], t[masked_label]
-    lse = _core.logsumexp(xr, -1, False, mr).astype(np.float64)
+    with np.errstate(all="ignore"):
+        lse = core.logsumexp(xr, -1, False, mr).astype(np.float64)
+        g = core.softmax(xr, -1, mr).astype(np.float64)
     loss = np.array(loss, copy=True)
     loss[masked_label] = lse - np.take_along_axis(xr, tr[:, None], axis=-1)[:, 0]
     if grad is None:
         return loss, None
-    g = _core.softmax(xr, -1, mr).astype(np.float64)
     g[np.arange(len(tr)), tr] -= 1.0
     grad[masked_label] = g * d[masked_label][:, None]
     return loss, lay.from_rows(grad)

@@ -1,0 +1,236 @@
+"""Running a validated :class:`~softmaxce._problem.Problem`: the one path of every fused loss.
+
+Public functions, ops objects, compat modes and front ends all end here: the row context and
+the mean's denominator from the core, the rows by the numba kernel (NumPy arrays, when
+available) or the core (any array library), the framework's NaN quirks when its semantics asks
+for them, then the reduction and the layout of the gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from . import _dispatch
+from . import _validate as v
+from ._core import probs, quirks, reduce, rows
+from ._core._xp import Array, wide_dtype
+from ._problem import Problem, as_array
+
+_ERRSTATE = {"divide": "ignore", "invalid": "ignore", "over": "ignore", "under": "ignore"}
+
+
+def _dloss(p: Problem, dloss: Any, dtype: Any) -> Array:
+    """The upstream gradient, checked against the loss's shape, as an array of ``dtype``."""
+    xp = p.xp
+    shape = p.batch_shape if p.opts.reduction == "none" else ()
+    if p.numpy:
+        return v.dloss_array(None if dloss is None else as_array(xp, p.x2, dloss, "dloss"), shape)
+    if dloss is None:
+        return xp.ones(shape, dtype=dtype, device=_dev(p.x2))
+    d = as_array(xp, p.x2, dloss, "dloss")
+    if tuple(d.shape) != tuple(shape):
+        what = "a scalar" if shape == () else f"an array of the loss's shape {shape}"
+        msg = f"dloss must be {what}, got shape {tuple(d.shape)}"
+        raise ValueError(msg)
+    return xp.astype(d, dtype)
+
+
+def _dev(a: Array) -> Any:
+    from array_api_compat import device
+
+    return device(a)
+
+
+def _nan_rows(xp: Any, a: Array, bad: Array) -> Array:
+    """``a`` (rows, or (N, C) rows) with NaN on the rows where ``bad``."""
+    b = bad if a.ndim == 1 else bad[:, None]
+    return xp.where(b, xp.nan, a)
+
+
+def _quirky_loss(p: Problem, ctx: rows.RowContext, loss_rows: Array) -> Array:
+    scope = p.opts.semantics.nan_zero_log_zero
+    if scope == "all" or (scope == "soft" and p.soft):
+        bad = quirks.zero_log_zero_rows(p.x2, p.target, p.opts, ctx, weight=p.weight, where=p.where)
+        loss_rows = _nan_rows(p.xp, loss_rows, bad)
+    return loss_rows
+
+
+def _quirky_grad(p: Problem, ctx: rows.RowContext, total: Array | None, grad2: Array) -> Array:
+    sem, xp = p.opts.semantics, p.xp
+    if sem.nan_zero_mass_grad and total is not None and not p.soft:
+        # (1 / 0) * 0: every row that counts gets NaN (the rows ignored stay 0)
+        grad2 = _nan_rows(xp, grad2, ctx.keep & ~((total != 0) & (total == total)))
+    if sem.nan_nonfinite_row_grad:
+        grad2 = _nan_rows(xp, grad2, quirks.nonfinite_rows(p.x2))
+    return grad2
+
+
+def _output(p: Problem, loss: Array) -> Any:
+    """The loss in the logits' dtype: a NumPy scalar (or array for "none") for NumPy."""
+    if not p.numpy:
+        out = loss if p.opts.reduction != "none" else p.xp.reshape(loss, p.batch_shape)
+        return p.xp.astype(out, p.x.dtype)
+    with np.errstate(over="ignore"):  # float16 overflow to inf is the float16 answer
+        if p.opts.reduction == "none":
+            return np.asarray(loss).reshape(p.batch_shape).astype(p.x.dtype)
+        return p.x.dtype.type(float(loss))
+
+
+def run(
+    p: Problem,
+    *,
+    want_grad: bool,
+    dloss: Any = None,
+    inplace: bool = False,
+    backend: str = "auto",
+    grad_dtype: Any = None,
+) -> tuple[Any, Array | None]:
+    """``(loss, gradient or None)`` of a validated problem.
+
+    ``inplace`` (NumPy logits only, checked by the caller) writes the gradient into the
+    logits and returns them; ``grad_dtype`` overrides the gradient's dtype.
+    """
+    if p.numpy:
+        with np.errstate(**_ERRSTATE):
+            return _run(p, want_grad, dloss, inplace, backend, grad_dtype)
+    return _run(p, want_grad, dloss, inplace, backend, grad_dtype)
+
+
+def _unit_weights(p: Problem) -> Problem:
+    """NumPy, "mean" over the weight mass: the weights (and ``z_loss``) scaled by the power of
+    two ``2**-e`` that puts their largest magnitude in [1, 2).
+
+    The scale cancels exactly in such a mean (each loss row and W scale by ``2**-e``), and the
+    kernels never see weights beyond the accumulation dtype's range: weights below float32's
+    smallest subnormal would round to 0 while ``1 / W`` overflows (loss 0, NaN gradients).
+    ``z_loss`` may then exceed the float32 range: its terms are formed in float64. With
+    "sum" and "none" the losses are proportional to the weights, and nothing is scaled.
+    """
+    sem, w = p.opts.semantics, p.weight
+    if w is None or p.opts.reduction != "mean" or sem.mean_by(p.soft) != "mass":
+        return p
+    if sem.empty == "one":  # W == 0 would become 1: the scale would not cancel
+        return p
+    big = float(np.max(np.abs(w)))
+    if big == 0:
+        return p
+    e = math.frexp(big)[1] - 1
+    try:
+        z_loss = math.ldexp(p.opts.z_loss, -e)
+    except OverflowError:  # z_loss / W beyond float64: leave everything as it is
+        return p
+    opts = dataclasses.replace(p.opts, z_loss=z_loss)
+    return dataclasses.replace(p, weight=np.ldexp(w, -e), opts=opts)
+
+
+def _run(p, want_grad, dloss, inplace, backend, grad_dtype):
+    if p.numpy:
+        p = _unit_weights(p)
+    xp, opts = p.xp, p.opts
+    n, c = p.x2.shape
+    wide = wide_dtype(xp, p.x2.dtype)
+    ctx = rows.row_context(p.x2, p.target, c, opts, p.where)
+    total = None
+    if opts.reduction == "mean":
+        mean_by = opts.semantics.mean_by(p.soft)
+        total = reduce.denominator(
+            p.target, p.weight, ctx, mean_by, opts.semantics.empty, p.x.shape[0], wide
+        )
+    scale = None
+    if want_grad:
+        scale = reduce.row_scale(_dloss(p, dloss, wide), opts.reduction, total, n)
+    if p.numpy:
+        loss_rows, grad2 = _numpy_rows(p, ctx, scale, inplace, backend, grad_dtype)
+    else:
+        loss_rows, grad2 = rows.fused_rows(
+            p.x2, p.target, opts, ctx, weight=p.weight, where=p.where, row_scale=scale
+        )
+    loss_rows = _quirky_loss(p, ctx, loss_rows)
+    loss = _output(p, reduce.reduce(loss_rows, opts.reduction, total))
+    if grad2 is None:
+        return loss, None
+    if total is not None:
+        grad2 = _zero_if_empty(p, total, grad2)
+    grad2 = _quirky_grad(p, ctx, total, grad2)
+    if p.numpy:
+        return loss, _numpy_grad(p, grad2, inplace)
+    return loss, p.to_layout(xp.astype(grad2, grad_dtype or p.x.dtype))
+
+
+def _numpy_rows(p: Problem, ctx, scale, inplace, backend, grad_dtype):
+    """Rows of a NumPy problem: the numba kernel when the dispatcher picks it, else the core.
+    In place, the gradient overwrites ``x2`` (a view of the logits when the classes are last)."""
+    opts = p.opts
+    kw = {
+        "weight": p.weight,
+        "ignore_index": opts.ignore_index,
+        "label_smoothing": opts.label_smoothing,
+        "z_loss": opts.z_loss,
+        "softcap": opts.softcap,
+        "where": p.where,
+        "kl": opts.kl,
+    }
+    if scale is None:
+        kernel = _dispatch.select(backend, p.x2, p.target, **kw)
+        if kernel is not None:
+            return kernel(p.x2, p.target, row_scale=None, grad_out=None, **kw), None
+        return rows.fused_rows(p.x2, p.target, opts, ctx, weight=p.weight, where=p.where)
+    out = p.x2 if inplace else np.empty(p.x2.shape, dtype=grad_dtype or p.x.dtype)
+    kernel = _dispatch.select(backend, p.x2, p.target, grad_out=out, **kw)
+    if kernel is not None:
+        rs = np.broadcast_to(scale, (p.x2.shape[0],))
+        loss_rows = kernel(p.x2, p.target, row_scale=rs, grad_out=out, **kw)
+    else:
+        loss_rows, g = rows.fused_rows(
+            p.x2, p.target, opts, ctx, weight=p.weight, where=p.where, row_scale=scale
+        )
+        np.copyto(out, g, casting="same_kind")
+    return loss_rows, out
+
+
+def _zero_if_empty(p: Problem, total: Array, grad2: Array) -> Array:
+    """W == 0 (nothing counts): the gradient is exactly 0, even where the logits are NaN."""
+    ok = (total != 0) & (total == total)
+    if p.numpy:
+        if not ok:
+            grad2[...] = 0.0  # our buffer, or the logits in place
+        return grad2
+    return p.xp.where(ok, grad2, 0.0)
+
+
+def _numpy_grad(p: Problem, grad2: np.ndarray, inplace: bool) -> np.ndarray:
+    if not inplace:
+        return p.to_layout(grad2)
+    if not np.may_share_memory(grad2, p.x):
+        np.copyto(p.x, p.to_layout(grad2))
+    return p.x
+
+
+def run_probs(p: Problem, *, want_grad: bool, dloss: Any = None) -> Any:
+    """Cross-entropy on probabilities ``p.x``: the loss, or its gradient with ``want_grad``."""
+    if p.numpy:
+        with np.errstate(**_ERRSTATE):
+            return _run_probs(p, want_grad, dloss)
+    return _run_probs(p, want_grad, dloss)
+
+
+def _run_probs(p: Problem, want_grad: bool, dloss: Any) -> Any:
+    if p.numpy:
+        p = _unit_weights(p)
+    xp, opts = p.xp, p.opts
+    n, c = p.x2.shape
+    wide = wide_dtype(xp, p.x2.dtype)
+    ctx = rows.row_context(p.x2, p.target, c, opts)
+    total = None
+    if opts.reduction == "mean":
+        total = reduce.denominator(p.target, p.weight, ctx, "mass", "zero", n, wide)
+    if not want_grad:
+        loss_rows = probs.ce_rows(p.x2, p.target, ctx, weight=p.weight)
+        return _output(p, reduce.reduce(loss_rows, opts.reduction, total))
+    scale = reduce.row_scale(_dloss(p, dloss, wide), opts.reduction, total, n)
+    grad = probs.ce_grad(p.x2, p.target, ctx, scale, weight=p.weight)
+    return p.to_layout(xp.astype(grad, p.x.dtype))
