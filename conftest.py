@@ -21,7 +21,7 @@ if os.environ.get("SOFTMAXCE_BLOCK_NUMBA", "") not in ("", "0"):
 collect_ignore = [
     path
     for path, needs in [
-        ("src/softmaxce/_numba_kernels.py", "numba"),
+        ("src/softmaxce/_numba", "numba"),
         ("src/softmaxce/torch.py", "torch"),
     ]
     if importlib.util.find_spec(needs) is None

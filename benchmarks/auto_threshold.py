@@ -1,4 +1,5 @@
-"""Where does backend="numba" start to beat backend="numpy"? (the "auto" threshold)
+"""Where does backend="numba" start to beat backend="numpy"? (why "auto" takes the kernel at
+every size where numba can run: see softmaxce._dispatch)
 
     python benchmarks/auto_threshold.py [--threads 2] [--repeats 50]
 

@@ -4,7 +4,7 @@
 
 Runs fresh interpreters with NUMBA_CACHE_DIR pointing at a new temporary directory: the first
 run compiles and writes the cache, the second loads it. Each child reports the import time of
-softmaxce._numba_kernels and the time of the first call of each kernel variant.
+softmaxce._numba and the time of the first call of each kernel variant.
 """
 
 from __future__ import annotations
@@ -19,23 +19,23 @@ CHILD = r"""
 import json, time
 t0 = time.perf_counter()
 import numpy as np
-from softmaxce import _numba_kernels as nk
+from softmaxce import _numba as nk
+from softmaxce._options import LossOptions
 out = {"import": time.perf_counter() - t0}
-opts = dict(weight=None, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None,
-            where=None, kl=False)
 x = np.random.default_rng(0).standard_normal((64, 1000)).astype(np.float32)
 t = np.zeros(64, np.int64)
-rs = np.ones(64)
 
 def first(name, x, grad, **more):
+    opts = LossOptions(**more.pop("opts", {}))
     t0 = time.perf_counter()
-    nk.fused_rows(x, t, row_scale=rs, grad_out=grad, **{**opts, **more})
+    nk.fused_rows(x, t, opts, row_scale=1.0, out=grad, **more)
     out[name] = time.perf_counter() - t0
 
 b = x.copy()
 first("float32 index, in place", b, b)
 first("float32 index, out of place", x, np.empty_like(x))
-first("float32 general (where), out of place", x, np.empty_like(x), where=x > 0)
+first("float32 index, smoothing, out of place", x, np.empty_like(x), opts={"label_smoothing": 0.1})
+first("float32 where, out of place", x, np.empty_like(x), where=x > 0)
 x64 = x.astype(np.float64)
 first("float64 index, out of place", x64, np.empty_like(x64))
 t0 = time.perf_counter()

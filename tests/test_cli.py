@@ -54,7 +54,7 @@ def test_check_says_why_the_numba_kernel_is_off(monkeypatch):
     monkeypatch.setattr(_dispatch, "_unavailable", "NUMBA_DISABLE_JIT=1 (simulated)")
     code, text = run("check")
     assert code == 0, text
-    assert "fused kernel for large problems: numpy core (NUMBA_DISABLE_JIT=1 (simulated))" in text
+    assert "fused kernel: numpy core (NUMBA_DISABLE_JIT=1 (simulated))" in text
 
 
 def test_check_fails_on_a_wrong_gradient(monkeypatch):

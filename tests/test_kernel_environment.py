@@ -24,7 +24,7 @@ import pytest
 numba = pytest.importorskip("numba")
 
 import softmaxce as sc  # noqa: E402
-from softmaxce import _numba_kernels as nk  # noqa: E402
+from softmaxce._numba import caching, threads  # noqa: E402
 
 PACKAGE = Path(sc.__file__).parent
 # Seconds before a hung child or subprocess counts as a failure (a kernel compile without the
@@ -79,7 +79,7 @@ def _large_call_agrees_with_the_core() -> None:
 def test_fork_after_threaded_call_does_not_hang(threaded):
     x, t = large_problem()
     sc.softmax_cross_entropy(x, t, backend="numba")
-    assert nk._chunks(*x.shape) > 1 and nk._pool is not None  # the parent ran on the pool
+    assert threads.chunks(*x.shape) > 1 and threads.pool_started()  # the parent ran on the pool
     assert_finishes_in_forked_child(_large_call_agrees_with_the_core)
     _large_call_agrees_with_the_core()  # and the parent's pool still works
 
@@ -101,7 +101,7 @@ def test_torch_fork_after_threaded_call_does_not_hang(threaded):
 
     x, t = large_problem()
     cross_entropy(torch.from_numpy(x), torch.from_numpy(t))
-    assert nk._pool is not None
+    assert threads.pool_started()
     assert_finishes_in_forked_child(_torch_large_call_agrees_with_the_core)
 
 
@@ -166,8 +166,9 @@ def test_read_only_install_without_a_cache_still_runs_the_kernel(tmp_path):
     try:
         proc = run_python(
             """
-            from softmaxce import _dispatch, _numba_kernels as nk
-            assert not nk._CACHE
+            from softmaxce import _dispatch, _numba as nk
+            from softmaxce._numba import caching
+            assert not caching.CACHE
             assert close(sc.softmax_cross_entropy(x, t, backend="numba"))
             big, tt = np.tile(x, (1024, 1)), np.tile(t, 1024)  # "auto" takes the kernel
             assert _dispatch.select("auto", big, tt) is nk.fused_rows
@@ -190,6 +191,7 @@ def test_disable_jit_falls_back_under_auto_and_explains_under_numba():
         from softmaxce import _dispatch
         big = np.tile(x, (1024, 1))
         assert _dispatch.select("auto", big, np.tile(t, 1024)) is None
+        assert _dispatch.select("auto", x, t) is None
         assert _dispatch.rows_kernels(big, 1, None) is None
         for fn in (sc.softmax, sc.log_softmax, sc.logsumexp):  # run on the core
             fn(big)
@@ -213,3 +215,28 @@ def test_numba_opt_0_gives_no_cache_warning(tmp_path):
         {"NUMBA_OPT": "0", "NUMBA_CACHE_DIR": str(tmp_path)},
     )
     assert_ok(proc)
+
+
+def test_a_changed_helper_file_recompiles_the_kernels_that_inline_it(tmp_path):
+    # numba invalidates a cached function only when its own file changes; the kernels of
+    # rows.py and softmax.py inline the exponential of elementary.py, so a change there alone
+    # must not leave the previously compiled kernels in use
+    site = tmp_path / "site"
+    shutil.copytree(PACKAGE, site / "softmaxce", ignore=shutil.ignore_patterns("__pycache__"))
+    code = """
+    from softmaxce import _numba as nk
+    print(repr(float(nk.logsumexp_rows(np.array([[0.0, -1.0, -1.0, -1.0]]))[0])))
+    """
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    first = run_python(code, env, pythonpath=site)
+    assert_ok(first)
+    elementary = site / "softmaxce" / "_numba" / "elementary.py"
+    source = elementary.read_text()
+    doubled = source.replace("return p * i64_as_f64(", "return 2.0 * p * i64_as_f64(")
+    assert doubled != source
+    elementary.write_text(doubled)  # exp64 now returns 2 exp(v)
+    second = run_python(code, env, pythonpath=site)
+    assert_ok(second)
+    assert float(first.stdout) == pytest.approx(np.log1p(3 * np.exp(-1.0)), rel=1e-15)
+    assert float(second.stdout) == pytest.approx(np.log1p(6 * np.exp(-1.0)), rel=1e-15)
+    assert caching.CACHE  # (this process caches too: the digest is checked at every import)

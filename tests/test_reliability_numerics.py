@@ -351,17 +351,17 @@ def numba_exp():
     pytest.importorskip("numba")
     import numba
 
-    from softmaxce import _numba_kernels as nk
+    from softmaxce._numba.elementary import exp32, exp64
 
     @numba.njit
     def apply32(v, out):
         for i in range(v.size):
-            out[i] = nk._exp32(v[i])
+            out[i] = exp32(v[i])
 
     @numba.njit
     def apply64(v, out):
         for i in range(v.size):
-            out[i] = nk._exp64(v[i])
+            out[i] = exp64(v[i])
 
     def exp(v):
         out = np.empty_like(v)
@@ -407,7 +407,7 @@ def test_softmax_keeps_subnormal_probabilities_at_every_size(dtype):
         assert np.abs(sc.softmax(x)[:, 1] - exact).max() <= sub, n
         assert np.abs(core_softmax.softmax(x, 1, None)[:, 1] - exact).max() <= sub, n
         if HAVE_NUMBA:
-            from softmaxce import _numba_kernels as nk
+            from softmaxce import _numba as nk
 
             assert np.abs(nk.softmax_rows(x, np.empty_like(x))[:, 1] - exact).max() <= sub, n
 

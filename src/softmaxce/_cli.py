@@ -288,7 +288,7 @@ def cmd_check(args: argparse.Namespace, term: Terminal) -> int:
     for name, version in _versions():
         term.line(f"  {name:<8} {version}")
     kernel = "numba" if _dispatch.numba_kernels() else f"numpy core ({_dispatch.unavailable()})"
-    term.line(f"  fused kernel for large problems: {kernel}")
+    term.line(f"  fused kernel: {kernel}")
     term.line("")
     failures = 0
     rng = np.random.default_rng(args.seed)

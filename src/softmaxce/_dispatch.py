@@ -1,44 +1,51 @@
 """Choosing the row kernel for the fused loss: a plain ``if`` chain, numba imported lazily.
 
-``"numpy"`` is the core; ``"numba"`` is the fused CPU kernel and raises ``ImportError`` saying
-why when it cannot run (numba missing, ``NUMBA_DISABLE_JIT=1``); ``"auto"`` takes the kernel
-when it can run, covers the input, and is either already loaded or worth loading for a problem
-this large; else the core. Inputs the kernel does not cover fall back to the core under
-``"numba"`` too (the kernel's ``supports`` says which).
+``"numpy"`` is the core; ``"numba"`` is the fused CPU kernel (``softmaxce._numba``) and raises
+``ImportError`` saying why when it cannot run (numba missing, ``NUMBA_DISABLE_JIT=1``);
+``"auto"`` takes the kernel whenever it can run and covers the input, at every size, else the
+core. Inputs the kernel does not cover fall back to the core under ``"numba"`` too (the
+kernels' ``supports`` says which).
+
+Why at every size: once loaded, the kernel is faster than the core at every size, and at
+small sizes it is what keeps a call within the cost of the tutorial NumPy formula (64 x 10
+float32, loss and gradient: about 15 us through ``auto`` against 22 us for the formula and 170
+us on the core; ``/work/notes`` style measurements in the README). The price is paid once per
+process, by the first call that needs a kernel: importing numba and loading the compiled
+kernel from numba's disk cache (about 0.5 s; a kernel variant not yet in the cache compiles,
+a few seconds, once per install). Code that must never import numba passes
+``backend="numpy"``.
 """
 
 from __future__ import annotations
 
-import sys
 import warnings
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-# Below this many logits (N * C) "auto" keeps the NumPy core unless the kernel is already
-# loaded: importing numba and loading the cached kernel costs about 0.75 s once, which a user
-# of small problems should not pay. Once loaded, the kernel is faster at every size (72 us vs
-# 216 us at 64 x 10; benchmarks/bench_fused.py).
-AUTO_MIN_SIZE = 4096
-_KERNELS = __name__.rpartition(".")[0] + "._numba_kernels"
+_KERNELS = __name__.rpartition(".")[0] + "._numba"
 
 
-# Why the kernel module cannot be loaded, once an import has failed (tried once per process).
+# Why the kernel package cannot be loaded, once an import has failed (tried once per process).
 _unavailable: str | None = None
+# The kernel package once imported (no import statement per call).
+_loaded: ModuleType | None = None
 
 
 def numba_kernels() -> ModuleType | None:
-    """The numba kernel module, or None when it cannot be loaded (:func:`unavailable` says why).
+    """The numba kernel package, or None when it cannot be loaded (:func:`unavailable` says why).
 
     An ``ImportError`` (numba not installed, ``NUMBA_DISABLE_JIT=1``) is quiet; any other
     failure of the import (numba installed but broken) warns once.
     """
-    global _unavailable
+    global _unavailable, _loaded
+    if _loaded is not None:
+        return _loaded
     if _unavailable is not None:
         return None
     try:
-        from . import _numba_kernels
+        from . import _numba
     except ModuleNotFoundError as exc:
         _unavailable = f"{exc} (pip install numba)"
     except ImportError as exc:
@@ -51,7 +58,8 @@ def numba_kernels() -> ModuleType | None:
             stacklevel=2,
         )
     else:
-        return _numba_kernels
+        _loaded = _numba
+        return _numba
     return None
 
 
@@ -67,39 +75,33 @@ def select(
     *,
     where: np.ndarray | None = None,
     weight: np.ndarray | None = None,
-    grad_out: np.ndarray | None = None,
-    **_: Any,
+    out: np.ndarray | None = None,
+    row_scale: Any = None,
 ):
-    """The numba row kernel (``fused_rows`` of docs/internals.md) for this problem, or None
-    for the core."""
-    small = x.size < AUTO_MIN_SIZE and _KERNELS not in sys.modules
-    if backend == "numpy" or (backend == "auto" and small):
-        return None  # small problems never pay numba's import or compile
+    """The numba ``fused_rows`` (docs/internals.md) for this problem, or None for the core."""
+    if backend == "numpy":
+        return None
     kernels = numba_kernels()
     if kernels is None:
         if backend == "numba":
             msg = f"backend='numba' cannot run: {unavailable()}; use 'auto' or 'numpy'"
             raise ImportError(msg)
         return None
-    if not kernels.supports(x, target, where=where, weight=weight, grad_out=grad_out):
-        return None
-    return kernels.fused_rows
+    ok = kernels.supports(x, target, where=where, weight=weight, out=out, row_scale=row_scale)
+    return kernels.fused_rows if ok else None
 
 
 def rows_kernels(x: np.ndarray, axis: int, where: np.ndarray | None) -> ModuleType | None:
-    """The kernel module for softmax / log_softmax / logsumexp of ``x``, or None for the core.
+    """The kernel package for softmax / log_softmax / logsumexp of ``x``, or None for the core.
 
-    Taken (as under "auto" for the loss) when the kernels can run, the problem is large or the
-    kernel already loaded, and ``x`` is float32/float64, C-contiguous, writable (numba types
-    read-only arrays apart), with the class axis last and no ``where`` mask; anything else
-    stays on the core.
+    Taken (as under "auto" for the loss) when the kernels can run and ``x`` is float32/float64,
+    C-contiguous, writable (numba types read-only arrays apart), with the class axis last and
+    no ``where`` mask; anything else stays on the core.
     """
     if where is not None or axis != x.ndim - 1:
         return None
     if not (x.flags.c_contiguous and x.flags.writeable):
         return None
     if x.dtype not in (np.float32, np.float64):
-        return None
-    if x.size < AUTO_MIN_SIZE and _KERNELS not in sys.modules:
         return None
     return numba_kernels()

@@ -164,30 +164,19 @@ def _run(p, want_grad, dloss, inplace, backend, grad_dtype):
 def _numpy_rows(p: Problem, ctx, scale, inplace, backend, grad_dtype):
     """Rows of a NumPy problem: the numba kernel when the dispatcher picks it, else the core.
     In place, the gradient overwrites ``x2`` (a view of the logits when the classes are last)."""
-    opts = p.opts
-    kw = {
-        "weight": p.weight,
-        "ignore_index": opts.ignore_index,
-        "label_smoothing": opts.label_smoothing,
-        "z_loss": opts.z_loss,
-        "softcap": opts.softcap,
-        "where": p.where,
-        "kl": opts.kl,
-    }
-    if scale is None:
-        kernel = _dispatch.select(backend, p.x2, p.target, **kw)
-        if kernel is not None:
-            return kernel(p.x2, p.target, row_scale=None, grad_out=None, **kw), None
-        return rows.fused_rows(p.x2, p.target, opts, ctx, weight=p.weight, where=p.where)
-    out = p.x2 if inplace else np.empty(p.x2.shape, dtype=grad_dtype or p.x.dtype)
-    kernel = _dispatch.select(backend, p.x2, p.target, grad_out=out, **kw)
+    out = None
+    if scale is not None:
+        out = p.x2 if inplace else np.empty(p.x2.shape, dtype=grad_dtype or p.x.dtype)
+    kernel = _dispatch.select(
+        backend, p.x2, p.target, where=p.where, weight=p.weight, out=out, row_scale=scale
+    )
     if kernel is not None:
-        rs = np.broadcast_to(scale, (p.x2.shape[0],))
-        loss_rows = kernel(p.x2, p.target, row_scale=rs, grad_out=out, **kw)
-    else:
-        loss_rows, g = rows.fused_rows(
-            p.x2, p.target, opts, ctx, weight=p.weight, where=p.where, row_scale=scale
-        )
+        kw = {"weight": p.weight, "where": p.where, "row_scale": scale, "out": out}
+        return kernel(p.x2, p.target, p.opts, **kw), out
+    loss_rows, g = rows.fused_rows(
+        p.x2, p.target, p.opts, ctx, weight=p.weight, where=p.where, row_scale=scale
+    )
+    if out is not None:
         np.copyto(out, g, casting="same_kind")
     return loss_rows, out
 
