@@ -32,8 +32,10 @@ PACKAGE = Path(sc.__file__).parent
 TIMEOUT = 120
 FORK_TIMEOUT = 60
 
-# Python 3.12+ warns when a process with threads forks: the very situation tested here.
+# Python 3.12+ warns when a process with threads forks: the very situation tested here; so does
+# JAX once an earlier test has started its backend (an at-fork hook in the parent).
 FORK_WARNING = "ignore:This process .* is multi-threaded:DeprecationWarning"
+JAX_FORK_WARNING = r"ignore:os\.fork\(\) was called:RuntimeWarning"
 needs_fork = pytest.mark.skipif(
     "fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this platform"
 )
@@ -76,6 +78,7 @@ def _large_call_agrees_with_the_core() -> None:
 
 @needs_fork
 @pytest.mark.filterwarnings(FORK_WARNING)
+@pytest.mark.filterwarnings(JAX_FORK_WARNING)
 def test_fork_after_threaded_call_does_not_hang(threaded):
     x, t = large_problem()
     sc.softmax_cross_entropy(x, t, backend="numba")
@@ -95,6 +98,7 @@ def _torch_large_call_agrees_with_the_core() -> None:
 
 @needs_fork
 @pytest.mark.filterwarnings(FORK_WARNING)
+@pytest.mark.filterwarnings(JAX_FORK_WARNING)
 def test_torch_fork_after_threaded_call_does_not_hang(threaded):
     torch = pytest.importorskip("torch")
     from softmaxce.torch import cross_entropy

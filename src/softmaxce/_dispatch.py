@@ -63,6 +63,11 @@ def numba_kernels() -> ModuleType | None:
     return None
 
 
+def loaded() -> ModuleType | None:
+    """The kernel package if a call has already loaded it (never imports numba)."""
+    return _loaded
+
+
 def unavailable() -> str:
     """Why ``backend="numba"`` cannot run here (call after :func:`numba_kernels` gave None)."""
     return _unavailable or "numba is not installed (pip install numba)"

@@ -63,6 +63,14 @@ FLAT_FIELDS = (
 )
 
 
+# Options built by loss_options, by the values (and types) of its arguments: a training loop
+# calls with the same few every time, and validating them costs more than the loss of a small
+# batch. Only successful validations are kept; bounded, so that a caller varying a float
+# option on every call does not grow it without end.
+_BUILT: dict[tuple, LossOptions] = {}
+_MAX_BUILT = 256
+
+
 def loss_options(
     *,
     reduction: Any = "mean",
@@ -73,7 +81,31 @@ def loss_options(
     soft_target_loss: Any = "cross-entropy",
     semantics: Any = "softmaxce",
 ) -> LossOptions:
-    """Validate the scalar options once; ValueError/TypeError naming the bad one."""
+    """Validate the scalar options once; ValueError/TypeError naming the bad one.
+
+    Built options are kept by the values and types of the arguments (``True`` and ``1`` are
+    different keys: one is refused), so a repeated call costs a dictionary lookup.
+    """
+    numbers = (ignore_index, label_smoothing, z_loss, softcap)  # (True == 1: types in the key)
+    key = (reduction, *numbers, soft_target_loss, semantics, *map(type, numbers))
+    try:
+        return _BUILT[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable argument (validation names it)
+        pass
+    opts = _validated(
+        reduction, ignore_index, label_smoothing, z_loss, softcap, soft_target_loss, semantics
+    )
+    if len(_BUILT) >= _MAX_BUILT:
+        _BUILT.clear()
+    try:
+        _BUILT[key] = opts
+    except TypeError:
+        pass
+    return opts
+
+
+def _validated(reduction, ignore_index, label_smoothing, z_loss, softcap, soft_target_loss,
+               semantics) -> LossOptions:  # fmt: skip
     sem = v.choice(semantics, tuple(TABLE), "semantics")
     kl = v.soft_target_loss(soft_target_loss)
     return LossOptions(

@@ -75,6 +75,8 @@ def readable(a: Array) -> bool:
 
 def as_float(x: Any, name: str) -> tuple[Any, Array]:
     """``(xp, x)`` with ``x`` an array of a real float dtype (integers promote to float64)."""
+    if type(x) is np.ndarray and x.dtype.kind == "f":  # the common case, first and cheap
+        return namespace(x), x
     if not is_array_api_obj(x) or isinstance(x, np.ndarray):
         arr = v.float_array(x, name)
         return namespace(arr), arr
@@ -215,7 +217,7 @@ def prepare(
     """Validate a loss problem once and flatten it to (N, C) rows with the classes last."""
     xp, x = as_float(logits, name)
     if is_numpy_namespace(xp):
-        return _prepare_numpy(x, target, opts, axis, weight, where, name)
+        return _prepare_numpy(xp, x, target, opts, axis, weight, where, name)
     _softcap_fits(xp, x.dtype, opts.softcap)
     ax = v.class_axis(axis, x.ndim, array=name)
     n_classes = v.nonempty_classes(x, ax, name)
@@ -249,22 +251,28 @@ def _softcap_fits(xp: Any, dtype: Any, cap: float | None) -> None:
         raise ValueError(msg)
 
 
-def _prepare_numpy(x, target, opts, axis, weight, where, name) -> Problem:
+def _prepare_numpy(xp, x, target, opts, axis, weight, where, name) -> Problem:
     """:func:`prepare` for NumPy: the same checks, the fast way."""
-    xp = namespace(x)
-    v.softcap(opts.softcap, x.dtype)
+    if opts.softcap is not None:
+        v.softcap(opts.softcap, x.dtype)
     ax = v.class_axis(axis, x.ndim, array=name)
     n_classes = v.nonempty_classes(x, ax, name)
-    t = v.target_array(as_array(xp, x, target, "target"), x, ax, opts.ignore_index)
+    if type(target) is not np.ndarray:
+        target = as_array(xp, x, target, "target")
+    t = v.target_array(target, x, ax, opts.ignore_index)
+    w = mask = None
     if weight is not None:
         weight = as_array(xp, x, weight, "weight")
-    w = v.class_weight(weight, n_classes, allow_negative=opts.semantics.negative_weight)
-    mask = where_array(xp, x, where)
+        w = v.class_weight(weight, n_classes, allow_negative=opts.semantics.negative_weight)
+    if where is not None:
+        mask = where_array(xp, x, where)
     moved = _classes_last(np, x, ax)
     batch = moved.shape[:-1]
     x2 = moved.reshape(-1, n_classes)  # a view when possible, else a copy
     if t.dtype.kind == "f":
         t2 = _classes_last(np, t, ax).reshape(-1, n_classes)
+    elif t.ndim == 1 and t.dtype == np.int64:
+        t2 = t
     else:
         t2 = t.reshape(-1).astype(np.int64, copy=False)
     m2 = None if mask is None else _classes_last(np, mask, ax).reshape(-1, n_classes)

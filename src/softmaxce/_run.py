@@ -23,12 +23,16 @@ from ._problem import Problem, as_array
 _ERRSTATE = {"divide": "ignore", "invalid": "ignore", "over": "ignore", "under": "ignore"}
 
 
-def _dloss(p: Problem, dloss: Any, dtype: Any) -> Array:
+def _dloss(p: Problem, dloss: Any, dtype: Any, numpy: bool) -> Array:
     """The upstream gradient, checked against the loss's shape, as an array of ``dtype``."""
     xp = p.xp
-    shape = p.batch_shape if p.opts.reduction == "none" else ()
-    if p.numpy:
-        return v.dloss_array(None if dloss is None else as_array(xp, p.x2, dloss, "dloss"), shape)
+    rows_ = p.opts.reduction == "none"
+    shape = p.batch_shape if rows_ else ()
+    if numpy:  # a float for one scale of every row (see reduce.Floats), else float64 rows
+        if dloss is None and not rows_:
+            return 1.0
+        d = v.dloss_array(None if dloss is None else as_array(xp, p.x2, dloss, "dloss"), shape)
+        return d if rows_ else float(d)
     if dloss is None:
         return xp.ones(shape, dtype=dtype, device=_dev(p.x2))
     d = as_array(xp, p.x2, dloss, "dloss")
@@ -53,31 +57,49 @@ def _nan_rows(xp: Any, a: Array, bad: Array) -> Array:
 
 def _quirky_loss(p: Problem, ctx: rows.RowContext, loss_rows: Array) -> Array:
     scope = p.opts.semantics.nan_zero_log_zero
+    if not scope:
+        return loss_rows
     if scope == "all" or (scope == "soft" and p.soft):
         bad = quirks.zero_log_zero_rows(p.x2, p.target, p.opts, ctx, weight=p.weight, where=p.where)
         loss_rows = _nan_rows(p.xp, loss_rows, bad)
     return loss_rows
 
 
+def _counts_nothing(total: Any) -> Any:
+    """``W`` is 0 or NaN: a bool for a NumPy problem's float ``W``, else an array."""
+    ok = (total != 0) & (total == total)
+    return (not ok) if isinstance(ok, bool) else ~ok
+
+
 def _quirky_grad(p: Problem, ctx: rows.RowContext, total: Array | None, grad2: Array) -> Array:
     sem, xp = p.opts.semantics, p.xp
     if sem.nan_zero_mass_grad and total is not None and not p.soft:
         # (1 / 0) * 0: every row that counts gets NaN (the rows ignored stay 0)
-        grad2 = _nan_rows(xp, grad2, ctx.keep & ~((total != 0) & (total == total)))
+        grad2 = _nan_rows(xp, grad2, ctx.keep & _counts_nothing(total))
     if sem.nan_nonfinite_row_grad:
         grad2 = _nan_rows(xp, grad2, quirks.nonfinite_rows(p.x2))
     return grad2
 
 
-def _output(p: Problem, loss: Array) -> Any:
+_FLOAT_MAX: dict[Any, float] = {}  # the largest finite value of each float dtype
+
+
+def _output(p: Problem, loss: Array, numpy: bool) -> Any:
     """The loss in the logits' dtype: a NumPy scalar (or array for "none") for NumPy."""
-    if not p.numpy:
+    if not numpy:
         out = loss if p.opts.reduction != "none" else p.xp.reshape(loss, p.batch_shape)
         return p.xp.astype(out, p.x.dtype)
+    dtype = p.x.dtype
+    if p.opts.reduction != "none":
+        big = _FLOAT_MAX.get(dtype)
+        if big is None:
+            big = _FLOAT_MAX[dtype] = float(np.finfo(dtype).max)
+        if not abs(loss) > big:
+            return dtype.type(loss)  # (NaN passes too)
     with np.errstate(over="ignore"):  # float16 overflow to inf is the float16 answer
         if p.opts.reduction == "none":
-            return np.asarray(loss).reshape(p.batch_shape).astype(p.x.dtype)
-        return p.x.dtype.type(float(loss))
+            return np.asarray(loss).reshape(p.batch_shape).astype(dtype)
+        return dtype.type(float(loss))
 
 
 def run(
@@ -94,10 +116,21 @@ def run(
     ``inplace`` (NumPy logits only, checked by the caller) writes the gradient into the
     logits and returns them; ``grad_dtype`` overrides the gradient's dtype.
     """
-    if p.numpy:
+    numpy = p.numpy
+    if numpy and _meets_non_finite(p):
         with np.errstate(**_ERRSTATE):
-            return _run(p, want_grad, dloss, inplace, backend, grad_dtype)
-    return _run(p, want_grad, dloss, inplace, backend, grad_dtype)
+            return _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype)
+    return _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype)
+
+
+def _meets_non_finite(p: Problem) -> bool:
+    """Whether NumPy steps of this problem outside the rows may meet inf or NaN (weights,
+    ``where``, a probability target, a framework's NaN quirks), so that NumPy's warnings
+    must be off. Index targets without them need only integer comparisons and counts; the
+    rows and the sum quiet themselves (:func:`_numpy_rows`, :func:`_row_sum`)."""
+    sem = p.opts.semantics
+    quirks = sem.nan_zero_log_zero or sem.nan_zero_mass_grad or sem.nan_nonfinite_row_grad
+    return bool(quirks) or p.weight is not None or p.where is not None or p.soft
 
 
 def _unit_weights(p: Problem) -> Problem:
@@ -127,73 +160,95 @@ def _unit_weights(p: Problem) -> Problem:
     return dataclasses.replace(p, weight=np.ldexp(w, -e), opts=opts)
 
 
-def _run(p, want_grad, dloss, inplace, backend, grad_dtype):
-    if p.numpy:
+def _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype):
+    """The one path; ``numpy``: W, the row scale and the reduced loss are Python floats
+    (``reduce.FLOATS``) and the rows come from :func:`_numpy_rows`."""
+    if numpy and p.weight is not None:
         p = _unit_weights(p)
-    xp, opts = p.xp, p.opts
+    xp, opts, target = p.xp, p.opts, p.target
+    sem, reduction = opts.semantics, opts.reduction
     n, c = p.x2.shape
-    wide = wide_dtype(xp, p.x2.dtype)
-    ctx = rows.row_context(p.x2, p.target, c, opts, p.where)
+    wide = np.float64 if numpy else wide_dtype(xp, p.x2.dtype)
+    ctx = rows.row_context(p.x2, target, c, opts, p.where)
     total = None
-    if opts.reduction == "mean":
-        mean_by = opts.semantics.mean_by(p.soft)
+    if reduction == "mean":
         total = reduce.denominator(
-            p.target, p.weight, ctx, mean_by, opts.semantics.empty, p.x.shape[0], wide
-        )
+            target, p.weight, ctx, sem.mean_by(target.ndim == 2), sem.empty, p.x.shape[0], wide,
+            floats=numpy,
+        )  # fmt: skip
     scale = None
     if want_grad:
-        scale = reduce.row_scale(_dloss(p, dloss, wide), opts.reduction, total, n)
-    if p.numpy:
+        scale = reduce.row_scale(_dloss(p, dloss, wide, numpy), reduction, total, n, floats=numpy)
+    if numpy:
         loss_rows, grad2 = _numpy_rows(p, ctx, scale, inplace, backend, grad_dtype)
     else:
         loss_rows, grad2 = rows.fused_rows(
-            p.x2, p.target, opts, ctx, weight=p.weight, where=p.where, row_scale=scale
+            p.x2, target, opts, ctx, weight=p.weight, where=p.where, row_scale=scale
         )
-    loss_rows = _quirky_loss(p, ctx, loss_rows)
-    loss = _output(p, reduce.reduce(loss_rows, opts.reduction, total))
+    if sem.nan_zero_log_zero:
+        loss_rows = _quirky_loss(p, ctx, loss_rows)
+    if numpy and reduction != "none":
+        loss = reduce.finish(reduce.FLOATS, _row_sum(loss_rows), reduction, total)
+    else:
+        loss = reduce.reduce(loss_rows, reduction, total)
+    loss = _output(p, loss, numpy)
     if grad2 is None:
         return loss, None
-    if total is not None:
-        grad2 = _zero_if_empty(p, total, grad2)
-    grad2 = _quirky_grad(p, ctx, total, grad2)
-    if p.numpy:
+    if total is not None and not (numpy and total != 0 and total == total):
+        grad2 = _zero_if_empty(p, total, grad2, numpy)  # (a NumPy W that counts: nothing to do)
+    if sem.nan_zero_mass_grad or sem.nan_nonfinite_row_grad:
+        grad2 = _quirky_grad(p, ctx, total, grad2)
+    if numpy:
         return loss, _numpy_grad(p, grad2, inplace)
     return loss, p.to_layout(xp.astype(grad2, grad_dtype or p.x.dtype))
 
 
 def _numpy_rows(p: Problem, ctx, scale, inplace, backend, grad_dtype):
     """Rows of a NumPy problem: the numba kernel when the dispatcher picks it, else the core.
-    In place, the gradient overwrites ``x2`` (a view of the logits when the classes are last)."""
+    In place, the gradient overwrites ``x2`` (a view of the logits when the classes are last,
+    checked writeable and C-contiguous by the caller)."""
     out = None
     if scale is not None:
         out = p.x2 if inplace else np.empty(p.x2.shape, dtype=grad_dtype or p.x.dtype)
+    # the kernel takes x2 itself or a fresh array: only a chosen dtype needs its check
+    vet = out if grad_dtype is not None else None
     kernel = _dispatch.select(
-        backend, p.x2, p.target, where=p.where, weight=p.weight, out=out, row_scale=scale
+        backend, p.x2, p.target, where=p.where, weight=p.weight, out=vet, row_scale=scale
     )
     if kernel is not None:
         kw = {"weight": p.weight, "where": p.where, "row_scale": scale, "out": out}
         return kernel(p.x2, p.target, p.opts, **kw), out
-    loss_rows, g = rows.fused_rows(
-        p.x2, p.target, p.opts, ctx, weight=p.weight, where=p.where, row_scale=scale
-    )
-    if out is not None:
-        np.copyto(out, g, casting="same_kind")
+    rs = None if scale is None else np.asarray(scale, dtype=np.float64)  # (a float: FLOATS)
+    with np.errstate(**_ERRSTATE):
+        loss_rows, g = rows.fused_rows(
+            p.x2, p.target, p.opts, ctx, weight=p.weight, where=p.where, row_scale=rs
+        )
+        if out is not None:
+            np.copyto(out, g, casting="same_kind")
     return loss_rows, out
 
 
-def _zero_if_empty(p: Problem, total: Array, grad2: Array) -> Array:
+def _row_sum(loss_rows: np.ndarray) -> float:
+    """The sum of a NumPy problem's loss rows in float64: by the kernel package once loaded
+    (no import here), else by NumPy (see ``reduce.Floats``)."""
+    kernels = _dispatch.loaded()
+    if kernels is None or loss_rows.dtype != np.float64 or loss_rows.ndim != 1:
+        return reduce.FLOATS.total(loss_rows)
+    return kernels.loss_total(loss_rows)
+
+
+def _zero_if_empty(p: Problem, total: Array, grad2: Array, numpy: bool) -> Array:
     """W == 0 (nothing counts): the gradient is exactly 0, even where the logits are NaN."""
-    ok = (total != 0) & (total == total)
-    if p.numpy:
-        if not ok:
+    if numpy:
+        if _counts_nothing(total):
             grad2[...] = 0.0  # our buffer, or the logits in place
         return grad2
-    return p.xp.where(ok, grad2, 0.0)
+    return p.xp.where(_counts_nothing(total), 0.0, grad2)
 
 
 def _numpy_grad(p: Problem, grad2: np.ndarray, inplace: bool) -> np.ndarray:
     if not inplace:
-        return p.to_layout(grad2)
+        return grad2 if grad2.shape == p.x.shape and p.axis == p.x.ndim - 1 else p.to_layout(grad2)
     if not np.may_share_memory(grad2, p.x):
         np.copyto(p.x, p.to_layout(grad2))
     return p.x
@@ -219,7 +274,9 @@ def _run_probs(p: Problem, want_grad: bool, dloss: Any) -> Any:
         total = reduce.denominator(p.target, p.weight, ctx, "mass", "zero", n, wide)
     if not want_grad:
         loss_rows = probs.ce_rows(p.x2, p.target, ctx, weight=p.weight)
-        return _output(p, reduce.reduce(loss_rows, opts.reduction, total))
-    scale = reduce.row_scale(_dloss(p, dloss, wide), opts.reduction, total, n)
+        return _output(p, reduce.reduce(loss_rows, opts.reduction, total), p.numpy)
+    d = _dloss(p, dloss, wide, p.numpy)
+    d = xp.asarray(d, dtype=wide) if isinstance(d, float) else d
+    scale = reduce.row_scale(d, opts.reduction, total, n)
     grad = probs.ce_grad(p.x2, p.target, ctx, scale, weight=p.weight)
     return p.to_layout(xp.astype(grad, p.x.dtype))

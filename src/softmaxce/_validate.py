@@ -305,6 +305,7 @@ def target_array(
 
 # Signed integer dtypes (native byte order) and their unsigned twins, for _all_in_range.
 _UNSIGNED = {np.dtype(f"i{size}"): np.dtype(f"u{size}") for size in (1, 2, 4, 8)}
+_MAX = np.maximum.reduce
 
 
 def _all_in_range(t: np.ndarray, n_classes: int) -> bool:
@@ -317,11 +318,11 @@ def _all_in_range(t: np.ndarray, n_classes: int) -> bool:
     if t.size == 0:
         return True
     if t.dtype.kind == "u":
-        return bool(t.max() < n_classes)
+        return int(_MAX(t, axis=None)) < n_classes
     unsigned = _UNSIGNED.get(t.dtype)
     if unsigned is None or n_classes > 1 << (8 * t.itemsize - 1):
         return False
-    return bool(t.view(unsigned).max() < n_classes)
+    return int(_MAX(t.view(unsigned), axis=None)) < n_classes
 
 
 def dloss_array(dloss: Any, loss_shape: tuple[int, ...]) -> np.ndarray:

@@ -29,6 +29,12 @@ def namespace(*arrays: Any) -> Any:
     Cached by the arrays' types (the namespace depends on nothing else), since the core asks
     for it in every function and array-api-compat's lookup costs microseconds.
     """
+    if _NUMPY_IS_ARRAY_API and arrays and type(arrays[0]) is np.ndarray:  # the common case
+        for a in arrays:
+            if a is not None and type(a) is not np.ndarray:
+                break
+        else:
+            return np
     key = frozenset(type(a) for a in arrays if a is not None)
     xp = _BY_TYPES.get(key)
     if xp is None:

@@ -75,7 +75,6 @@ def row_context(
     """The :class:`RowContext` of (N, C) logits ``x`` (or a block of them: only its dtype,
     namespace and N are used) with ``n_classes`` classes in all and the full ``where``."""
     xp = namespace(x, target, where)
-    acc = acc_dtype(xp, x.dtype)
     n = x.shape[0]
     index = target.ndim == 1
     if where is None:
@@ -85,7 +84,7 @@ def row_context(
         else:
             keep = xp.ones((n,), dtype=xp.bool, device=_dev(x))
     else:
-        counts = xp.sum(xp.astype(where, acc), axis=1)
+        counts = xp.sum(xp.astype(where, acc_dtype(xp, x.dtype)), axis=1)
         keep = counts > 0
         n_allowed = xp.where(keep, counts, 1.0)
         if index:
@@ -93,7 +92,7 @@ def row_context(
     eps = opts.label_smoothing
     if not eps:
         return RowContext(keep, None)
-    share = xp.full((n,), eps, dtype=acc, device=_dev(x)) / n_allowed
+    share = xp.full((n,), eps, dtype=acc_dtype(xp, x.dtype), device=_dev(x)) / n_allowed
     return RowContext(keep, xp.where(keep, share, 0.0))
 
 

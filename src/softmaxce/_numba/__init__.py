@@ -72,24 +72,23 @@ __all__ = [
     "fused_rows",
     "log_softmax_rows",
     "logsumexp_rows",
+    "loss_total",
     "row_grad",
     "row_stats",
     "softmax_rows",
     "supports",
 ]
 
-_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_FLOATS = frozenset((np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)))
+_F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+_I64 = np.dtype(np.int64)
 
 
-def _is_c2d(a: Any, dtype: Any = None) -> bool:
-    return (
-        isinstance(a, np.ndarray)
-        and a.ndim == 2
-        and a.flags.c_contiguous
-        and a.flags.aligned
-        and (dtype is None or a.dtype == dtype)
-    )
+def _is_c2d(a: Any) -> bool:
+    if not isinstance(a, np.ndarray) or a.ndim != 2:
+        return False
+    flags = a.flags
+    return flags.c_contiguous and flags.aligned
 
 
 def supports(x, target, *, where=None, out=None, weight=None, row_scale=None) -> bool:
@@ -124,7 +123,9 @@ def supports(x, target, *, where=None, out=None, weight=None, row_scale=None) ->
             return False
     if weight is not None and np.shape(weight) != (c,):
         return False
-    return row_scale is None or np.ndim(row_scale) == 0 or np.shape(row_scale) == (n,)
+    if row_scale is None or isinstance(row_scale, float):
+        return True
+    return np.ndim(row_scale) == 0 or np.shape(row_scale) == (n,)
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -145,11 +146,18 @@ def _scratch(yes: bool, k: int, c: int, acc: np.dtype) -> np.ndarray | None:
     return np.empty((k, c), dtype=acc) if yes else None
 
 
+def _labels(target: np.ndarray) -> np.ndarray:
+    """Class indices as contiguous int64."""
+    if target.dtype == _I64 and target.flags.c_contiguous:
+        return target
+    return np.ascontiguousarray(target, dtype=np.int64)
+
+
 def _targets(target: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
     """``(t, y)``: int64 class indices, or a probability target (float16 as bits)."""
     if target.ndim == 2:
         return None, _bits(target)
-    return np.ascontiguousarray(target, dtype=np.int64), None
+    return _labels(target), None
 
 
 def _weights(weight: Any) -> np.ndarray | None:
@@ -158,6 +166,8 @@ def _weights(weight: Any) -> np.ndarray | None:
 
 def _row_scale(row_scale: Any) -> float | np.ndarray:
     """One number for every row (a float: no array to pass), or a float64 array per row."""
+    if isinstance(row_scale, float):
+        return row_scale
     if np.ndim(row_scale) == 0:
         return float(row_scale)
     return np.ascontiguousarray(row_scale, dtype=np.float64)
@@ -186,22 +196,39 @@ def fused_rows(x, target, opts, *, weight=None, where=None, row_scale=None, out=
     if n == 0 or c == 0:
         loss.fill(0.0)
         return loss
-    grad = row_scale is not None
-    rs = _row_scale(row_scale) if grad else None
-    g = None if (not grad or out is x) else _bits(out)
-    t, y = _targets(target)
-    eps, cap, kl = _flags(opts)
     k = threads.chunks(n, c)
-    acc = _acc(x.dtype)
-    zb = _scratch(where is not None or cap is not None, k, c, acc)
-    cb = _scratch(cap is not None, k, c, acc)
-    eb = _scratch(grad and out.dtype != acc, k, c, acc)  # a gradient rounded once, from acc
-    fixed = (_bits(x), t, y, _weights(weight), where, eps, cap, kl)
+    dt = x.dtype
+    acc = _F64 if dt == _F64 else _F32
+    rs = g = eb = None
+    if row_scale is not None:
+        rs = row_scale if isinstance(row_scale, float) else _row_scale(row_scale)
+        if out is not x:
+            g = out.view(np.uint16) if out.dtype == _F16 else out
+        if out.dtype != acc:  # a gradient rounded once, from acc
+            eb = np.empty((k, c), dtype=acc)
+    if target.ndim == 2:
+        t, y = None, (target.view(np.uint16) if target.dtype == _F16 else target)
+    else:
+        t, y = _labels(target), None
+    cap = opts.softcap
+    zb = None if where is None and cap is None else np.empty((k, c), dtype=acc)
+    cb = None if cap is None else np.empty((k, c), dtype=acc)
+    fixed = (x.view(np.uint16) if dt == _F16 else x, t, y, _weights(weight), where)
+    fixed += (opts.label_smoothing or None, cap, True if opts.kl else None)
     fixed += (float(opts.z_loss), int(opts.ignore_index), rs, g)
+    if k == 1:  # (small problems: no thread hand-off)
+        rows.fused_kernel(0, n, *fixed, _row(zb, 0), _row(cb, 0), _row(eb, 0), loss)
+        return loss
     threads.run(
         rows.fused_kernel, n, k, lambda j: (*fixed, _row(zb, j), _row(cb, j), _row(eb, j), loss)
     )
     return loss
+
+
+def loss_total(loss: np.ndarray) -> float:
+    """The sum of 1-D float64 loss rows, as a Python float (the reductions' sum, without the
+    cost of NumPy's warning machinery on a small batch)."""
+    return rows.total_kernel(loss)
 
 
 def _block(x_block: np.ndarray, name: str) -> np.ndarray:
@@ -283,9 +310,8 @@ def _check_rows(x: Any, name: str) -> None:
 
 
 def _check_out(x: np.ndarray, out: Any, name: str) -> None:
-    if (out is not x and (not _is_c2d(out, x.dtype) or out.shape != x.shape)) or not (
-        out.flags.writeable
-    ):
+    ok = out is x or (_is_c2d(out) and out.dtype == x.dtype and out.shape == x.shape)
+    if not ok or not out.flags.writeable:
         msg = (
             f"{name}: out must be x or a writeable C-contiguous {x.dtype} array of shape {x.shape}"
         )

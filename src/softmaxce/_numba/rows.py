@@ -172,8 +172,9 @@ def fused_kernel(lo, hi, x, t, y, w, wh, eps, cap, kl, z_loss, ignore, rs, g, zb
         loss[i] = li
         if rs is not None:
             r = _scale(rs, i)
-            seg_grad(gr, zr, m, ebr, r, S, zl, s, ties, rest, yr, w, whr, spread, keep1m, cb)
-            gold_fix(gr, tl, zt, m, r, S, zl, s, ties, rest, w, whr, spread, keep1m, cb)
+            r_s = r / s
+            seg_grad(gr, zr, m, ebr, r, r_s, S, zl, ties, rest, yr, w, whr, spread, keep1m, cb)
+            gold_fix(gr, tl, zt, m, r_s, S, zl, ties, rest, w, whr, spread, keep1m, cb)
 
 
 @by_type
@@ -251,5 +252,16 @@ def grad_kernel(lo, hi, x, t, y, off, w, wh, keep, sp, eps, cap, z_loss, stats, 
         zr = _z_row(xr, whr, cap, zb, cb)
         zt = z_at(zr, tl)
         r = _scale(rs, i)
-        seg_grad(gr, zr, m, None, r, S, zl, s, ties, rest, yr, w, whr, spread, keep1m, cb)
-        gold_fix(gr, tl, zt, m, r, S, zl, s, ties, rest, w, whr, spread, keep1m, cb)
+        r_s = r / s
+        seg_grad(gr, zr, m, None, r, r_s, S, zl, ties, rest, yr, w, whr, spread, keep1m, cb)
+        gold_fix(gr, tl, zt, m, r_s, S, zl, ties, rest, w, whr, spread, keep1m, cb)
+
+
+@jit()
+def total_kernel(a):
+    """The sum of 1-D float64 ``a`` (vectorised partial sums; inf and NaN propagate with no
+    floating-point warning, as NumPy would give with one)."""
+    s = 0.0
+    for i in range(a.shape[0]):
+        s += a[i]
+    return s

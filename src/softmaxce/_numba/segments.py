@@ -345,13 +345,13 @@ def slope(gv, cb, c):
 
 
 @inline
-def seg_grad(gr, zr, m, eb, r, S, zl, s, ties, rest, yr, w, whr, spread, keep1m, cb):
-    """Write the gradient row ``gr`` once, ``r`` the row's scale: times the softcap's slope,
-    0 on masked classes."""
+def seg_grad(gr, zr, m, eb, r, r_s, S, zl, ties, rest, yr, w, whr, spread, keep1m, cb):
+    """Write the gradient row ``gr`` once: ``r`` the row's scale, ``r_s = r / s``; times the
+    softcap's slope, 0 on masked classes."""
     zero = cast(m, 0.0)
-    a = cast(zero, r * (S + zl) / s)
+    a = cast(zero, r_s * (S + zl))
     b = cast(zero, r * or_zero(spread))
-    B = cast(zero, r / s)
+    B = cast(zero, r_s)
     Sz = cast(zero, S + zl)
     for c in range(gr.shape[0]):
         e = e_at(eb, zr, m, c)
@@ -360,20 +360,20 @@ def seg_grad(gr, zr, m, eb, r, S, zl, s, ties, rest, yr, w, whr, spread, keep1m,
 
 
 @jit(fastmath=FM_EXP)
-def gold_grad(d, wq, r, S, zl, s, ties, rest):
+def gold_grad(d, wq, r_s, S, zl, ties, rest):
     """Class indices: the gradient at the gold class t in float64, as the core forms it,
     ``r/s ((S - w q + zl) e - w q ((ties - e) + rest))`` with ``e = exp(d)`` recomputed. Where
     t is the row's single maximum (a confident row: ``p_t`` rounds to 1) this is ``r (S - w q
     + zl - w q rest) / s``, without ``fl(p_t) - 1``: no reassociation here."""
     e = np.float64(exp(d))
-    return (r / s) * (((S - wq) + zl) * e - wq * ((np.float64(ties) - e) + np.float64(rest)))
+    return r_s * (((S - wq) + zl) * e - wq * ((np.float64(ties) - e) + np.float64(rest)))
 
 
 @inline
-def gold_fix(gr, tl, zt, m, r, S, zl, s, ties, rest, w, whr, spread, keep1m, cb):
+def gold_fix(gr, tl, zt, m, r_s, S, zl, ties, rest, w, whr, spread, keep1m, cb):
     """Rewrite the gradient at the gold class ``tl`` (if in this block and allowed; a masked
     gold class keeps the 0 of the loop) by :func:`gold_grad`."""
     if tl >= 0 and allowed(whr, tl):
         wq = weight_at(w, tl, 0.0) * (keep1m + or_zero(spread))
-        g = gold_grad(zt - m, wq, r, S, zl, s, ties, rest)
+        g = gold_grad(zt - m, wq, r_s, S, zl, ties, rest)
         gr[tl] = st(gr, slope(g, cb, tl))
