@@ -347,24 +347,16 @@ def softmax_cross_entropy(
     PyTorch ``torch.nn.functional.cross_entropy`` (options and label-smoothing convention);
     Chowdhery et al., "PaLM" (2022), z-loss; Gemma 2 (2024), logit soft-capping.
     """
-    loss, _ = fused(
-        logits,
-        target,
-        want_grad=False,
-        dloss=None,
-        inplace=False,
-        backend=backend,
-        axis=axis,
-        weight=weight,
-        ignore_index=ignore_index,
+    opts = loss_options(
         reduction=reduction,
+        ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         softcap=softcap,
-        where=where,
         soft_target_loss=soft_target_loss,
     )
-    return loss
+    problem = prepare(logits, target, opts, axis=axis, weight=weight, where=where)
+    return run(problem, want_grad=False, backend=v.backend(backend))[0]
 
 
 def softmax_cross_entropy_with_grad(
@@ -410,24 +402,19 @@ def softmax_cross_entropy_with_grad(
     >>> g2 is x
     True
     """
-    loss, grad = fused(
-        logits,
-        target,
-        want_grad=True,
-        dloss=dloss,
-        inplace=inplace,
-        backend=backend,
-        axis=axis,
-        weight=weight,
-        ignore_index=ignore_index,
+    if v.flag(inplace, "inplace"):
+        v.inplace_buffer(logits)
+        v.disjoint_from_buffer(logits, target=target, weight=weight, where=where, dloss=dloss)
+    opts = loss_options(
         reduction=reduction,
+        ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         z_loss=z_loss,
         softcap=softcap,
-        where=where,
         soft_target_loss=soft_target_loss,
     )
-    return loss, grad  # type: ignore[return-value]
+    problem = prepare(logits, target, opts, axis=axis, weight=weight, where=where)
+    return run(problem, want_grad=True, dloss=dloss, inplace=inplace, backend=v.backend(backend))
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,16 +23,17 @@ from ._problem import Problem, as_array
 _ERRSTATE = {"divide": "ignore", "invalid": "ignore", "over": "ignore", "under": "ignore"}
 
 
-def _dloss(p: Problem, dloss: Any, dtype: Any, numpy: bool) -> Array:
-    """The upstream gradient, checked against the loss's shape, as an array of ``dtype``."""
+def _dloss(p: Problem, dloss: Any, dtype: Any, *, floats: bool = False) -> Array:
+    """The upstream gradient, checked against the loss's shape, as an array of ``dtype``;
+    with ``floats`` (a NumPy problem whose rows share one scale) a Python float."""
     xp = p.xp
     rows_ = p.opts.reduction == "none"
     shape = p.batch_shape if rows_ else ()
-    if numpy:  # a float for one scale of every row (see reduce.Floats), else float64 rows
-        if dloss is None and not rows_:
-            return 1.0
+    if floats and dloss is None and not rows_:
+        return 1.0
+    if p.numpy:
         d = v.dloss_array(None if dloss is None else as_array(xp, p.x2, dloss, "dloss"), shape)
-        return d if rows_ else float(d)
+        return float(d) if floats and not rows_ else d
     if dloss is None:
         return xp.ones(shape, dtype=dtype, device=_dev(p.x2))
     d = as_array(xp, p.x2, dloss, "dloss")
@@ -84,9 +85,10 @@ def _quirky_grad(p: Problem, ctx: rows.RowContext, total: Array | None, grad2: A
 _FLOAT_MAX: dict[Any, float] = {}  # the largest finite value of each float dtype
 
 
-def _output(p: Problem, loss: Array, numpy: bool) -> Any:
-    """The loss in the logits' dtype: a NumPy scalar (or array for "none") for NumPy."""
-    if not numpy:
+def _output(p: Problem, loss: Any, numpy: bool | None = None) -> Any:
+    """The loss in the logits' dtype: a NumPy scalar (or array for "none") for NumPy (whose
+    reduced loss may be a Python float or a 0-d array)."""
+    if not (p.numpy if numpy is None else numpy):
         out = loss if p.opts.reduction != "none" else p.xp.reshape(loss, p.batch_shape)
         return p.xp.astype(out, p.x.dtype)
     dtype = p.x.dtype
@@ -117,7 +119,7 @@ def run(
     logits and returns them; ``grad_dtype`` overrides the gradient's dtype.
     """
     numpy = p.numpy
-    if numpy and _meets_non_finite(p):
+    if not numpy or _meets_non_finite(p):  # (array-api-strict computes with NumPy underneath)
         with np.errstate(**_ERRSTATE):
             return _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype)
     return _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype)
@@ -178,24 +180,27 @@ def _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype):
         )  # fmt: skip
     scale = None
     if want_grad:
-        scale = reduce.row_scale(_dloss(p, dloss, wide, numpy), reduction, total, n, floats=numpy)
+        d = _dloss(p, dloss, wide, floats=numpy)
+        scale = reduce.row_scale(d, reduction, total, n, floats=numpy)
+    row_sum = None  # the sum of the loss rows when the kernel gives it
     if numpy:
-        loss_rows, grad2 = _numpy_rows(p, ctx, scale, inplace, backend, grad_dtype)
+        loss_rows, grad2, row_sum = _numpy_rows(p, ctx, scale, inplace, backend, grad_dtype)
     else:
         loss_rows, grad2 = rows.fused_rows(
             p.x2, target, opts, ctx, weight=p.weight, where=p.where, row_scale=scale
         )
     if sem.nan_zero_log_zero:
-        loss_rows = _quirky_loss(p, ctx, loss_rows)
+        loss_rows, row_sum = _quirky_loss(p, ctx, loss_rows), None
     if numpy and reduction != "none":
-        loss = reduce.finish(reduce.FLOATS, _row_sum(loss_rows), reduction, total)
+        s = _row_sum(loss_rows) if row_sum is None else row_sum
+        loss = reduce.finish(reduce.FLOATS, s, reduction, total)
     else:
         loss = reduce.reduce(loss_rows, reduction, total)
     loss = _output(p, loss, numpy)
     if grad2 is None:
         return loss, None
     if total is not None and not (numpy and total != 0 and total == total):
-        grad2 = _zero_if_empty(p, total, grad2, numpy)  # (a NumPy W that counts: nothing to do)
+        grad2 = _zero_if_empty(p, total, grad2)  # (a NumPy W that counts: nothing to do)
     if sem.nan_zero_mass_grad or sem.nan_nonfinite_row_grad:
         grad2 = _quirky_grad(p, ctx, total, grad2)
     if numpy:
@@ -204,20 +209,26 @@ def _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype):
 
 
 def _numpy_rows(p: Problem, ctx, scale, inplace, backend, grad_dtype):
-    """Rows of a NumPy problem: the numba kernel when the dispatcher picks it, else the core.
+    """``(loss rows, gradient or None, sum of the rows or None)`` of a NumPy problem: the
+    numba kernel when the dispatcher picks it (it sums the rows in the same pass), else the
+    core.
     In place, the gradient overwrites ``x2`` (a view of the logits when the classes are last,
     checked writeable and C-contiguous by the caller)."""
+    x2, target, weight, where = p.x2, p.target, p.weight, p.where
     out = None
     if scale is not None:
-        out = p.x2 if inplace else np.empty(p.x2.shape, dtype=grad_dtype or p.x.dtype)
+        out = x2 if inplace else np.empty(x2.shape, dtype=grad_dtype or p.x.dtype)
     # the kernel takes x2 itself or a fresh array: only a chosen dtype needs its check
     vet = out if grad_dtype is not None else None
     kernel = _dispatch.select(
-        backend, p.x2, p.target, where=p.where, weight=p.weight, out=vet, row_scale=scale
+        backend, x2, target, where=where, weight=weight, out=vet, row_scale=scale
     )
     if kernel is not None:
-        kw = {"weight": p.weight, "where": p.where, "row_scale": scale, "out": out}
-        return kernel(p.x2, p.target, p.opts, **kw), out
+        loss_rows, row_sum = kernel(
+            x2, target, p.opts, weight=weight, where=where, row_scale=scale, out=out,
+            with_total=True,
+        )  # fmt: skip
+        return loss_rows, out, row_sum
     rs = None if scale is None else np.asarray(scale, dtype=np.float64)  # (a float: FLOATS)
     with np.errstate(**_ERRSTATE):
         loss_rows, g = rows.fused_rows(
@@ -225,7 +236,7 @@ def _numpy_rows(p: Problem, ctx, scale, inplace, backend, grad_dtype):
         )
         if out is not None:
             np.copyto(out, g, casting="same_kind")
-    return loss_rows, out
+    return loss_rows, out, None
 
 
 def _row_sum(loss_rows: np.ndarray) -> float:
@@ -237,9 +248,9 @@ def _row_sum(loss_rows: np.ndarray) -> float:
     return kernels.loss_total(loss_rows)
 
 
-def _zero_if_empty(p: Problem, total: Array, grad2: Array, numpy: bool) -> Array:
+def _zero_if_empty(p: Problem, total: Any, grad2: Array) -> Array:
     """W == 0 (nothing counts): the gradient is exactly 0, even where the logits are NaN."""
-    if numpy:
+    if p.numpy:
         if _counts_nothing(total):
             grad2[...] = 0.0  # our buffer, or the logits in place
         return grad2
@@ -274,9 +285,7 @@ def _run_probs(p: Problem, want_grad: bool, dloss: Any) -> Any:
         total = reduce.denominator(p.target, p.weight, ctx, "mass", "zero", n, wide)
     if not want_grad:
         loss_rows = probs.ce_rows(p.x2, p.target, ctx, weight=p.weight)
-        return _output(p, reduce.reduce(loss_rows, opts.reduction, total), p.numpy)
-    d = _dloss(p, dloss, wide, p.numpy)
-    d = xp.asarray(d, dtype=wide) if isinstance(d, float) else d
-    scale = reduce.row_scale(d, opts.reduction, total, n)
+        return _output(p, reduce.reduce(loss_rows, opts.reduction, total))
+    scale = reduce.row_scale(_dloss(p, dloss, wide), opts.reduction, total, n)
     grad = probs.ce_grad(p.x2, p.target, ctx, scale, weight=p.weight)
     return p.to_layout(xp.astype(grad, p.x.dtype))

@@ -74,6 +74,8 @@ def float_array(x: Any, name: str) -> np.ndarray:
 
 def class_axis(axis: Any, ndim: int, name: str = "axis", *, array: str = "x") -> int:
     """Normalise ``axis`` (the class axis of the argument called ``array``) to ``[0, ndim)``."""
+    if type(axis) is int and -ndim <= axis < ndim:  # the common case, first and cheap
+        return axis % ndim
     if isinstance(axis, bool | np.bool_):
         msg = f"{name} must be an int, got bool {axis!r}"
         raise TypeError(msg)

@@ -178,7 +178,9 @@ def _flags(opts: Any) -> tuple[float | None, float | None, bool | None]:
     return (opts.label_smoothing or None), opts.softcap, (True if opts.kl else None)
 
 
-def fused_rows(x, target, opts, *, weight=None, where=None, row_scale=None, out=None):
+def fused_rows(
+    x, target, opts, *, weight=None, where=None, row_scale=None, out=None, with_total=False
+):
     """Per-row fused softmax cross-entropy, and with ``row_scale`` its gradient.
 
     Same meaning as ``softmaxce._core.rows.fused_rows`` (the row context is computed inline);
@@ -186,7 +188,9 @@ def fused_rows(x, target, opts, *, weight=None, where=None, row_scale=None, out=
     float64 per-row losses. With ``row_scale`` (a number, or (N,)), ``row_scale_i * dL_i /
     dx`` is written into ``out`` (required; ``x`` itself for in place: nothing of size N x C is
     allocated). An index target outside ``[0, C)`` that is not ``ignore_index`` (the public
-    API rejects those) gives a NaN row instead of reading out of bounds.
+    API rejects those) gives a NaN row instead of reading out of bounds. ``with_total``:
+    returns ``(loss, sum of loss)`` instead, the sum in float64 from the same pass (a
+    reduction then needs no pass of its own).
     """
     n, c = x.shape
     loss = np.empty(n)
@@ -195,8 +199,8 @@ def fused_rows(x, target, opts, *, weight=None, where=None, row_scale=None, out=
         raise ValueError(msg)
     if n == 0 or c == 0:
         loss.fill(0.0)
-        return loss
-    k = threads.chunks(n, c)
+        return (loss, 0.0) if with_total else loss
+    k = 1 if n * c < threads.MIN_PARALLEL else threads.chunks(n, c)
     dt = x.dtype
     acc = _F64 if dt == _F64 else _F32
     rs = g = eb = None
@@ -213,16 +217,27 @@ def fused_rows(x, target, opts, *, weight=None, where=None, row_scale=None, out=
     cap = opts.softcap
     zb = None if where is None and cap is None else np.empty((k, c), dtype=acc)
     cb = None if cap is None else np.empty((k, c), dtype=acc)
-    fixed = (x.view(np.uint16) if dt == _F16 else x, t, y, _weights(weight), where)
-    fixed += (opts.label_smoothing or None, cap, True if opts.kl else None)
-    fixed += (float(opts.z_loss), int(opts.ignore_index), rs, g)
+    fixed = (
+        x.view(np.uint16) if dt == _F16 else x,
+        t,
+        y,
+        None if weight is None else np.ascontiguousarray(weight, dtype=np.float64),
+        where,
+        opts.label_smoothing or None,
+        cap,
+        True if opts.kl else None,
+        float(opts.z_loss),
+        int(opts.ignore_index),
+        rs,
+        g,
+    )
     if k == 1:  # (small problems: no thread hand-off)
-        rows.fused_kernel(0, n, *fixed, _row(zb, 0), _row(cb, 0), _row(eb, 0), loss)
-        return loss
-    threads.run(
+        total = rows.fused_kernel(0, n, *fixed, _row(zb, 0), _row(cb, 0), _row(eb, 0), loss)
+        return (loss, total) if with_total else loss
+    parts = threads.run(
         rows.fused_kernel, n, k, lambda j: (*fixed, _row(zb, j), _row(cb, j), _row(eb, j), loss)
     )
-    return loss
+    return (loss, sum(parts)) if with_total else loss
 
 
 def loss_total(loss: np.ndarray) -> float:

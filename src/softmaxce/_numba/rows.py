@@ -44,17 +44,14 @@ from .segments import (
 @by_type
 def _label_state(t, ignore, i, n_cls):
     """``(state, t_i)`` of row i's label (see :func:`_row_state`); (1, -1) for a
-    probability target."""
+    probability target. (Selects, no early returns: LLVM then inlines it.)"""
     if is_none(t):
         return lambda t, ignore, i, n_cls: (1, -1)
 
     def impl(t, ignore, i, n_cls):
         ti = t[i]
-        if ti == ignore:
-            return 0, -1
-        if ti < 0 or ti >= n_cls:
-            return -1, -1
-        return 1, ti
+        inside = ti >= 0 and ti < n_cls
+        return (0 if ti == ignore else (1 if inside else -1)), ti
 
     return impl
 
@@ -80,10 +77,8 @@ def _row_state(t, whr, ignore, i, n_cls):
     class: loss 0, gradient 0), -1 an index outside ``[0, C)`` that is not ``ignore`` (never
     after validation; NaN rather than a read out of bounds)."""
     state, ti = _label_state(t, ignore, i, n_cls)
-    if state <= 0:
-        return state, ti, 0
     count = _allowed_count(whr, n_cls)
-    return (1 if count > 0 else 0), ti, count
+    return (state if count > 0 or state < 0 else 0), ti, count
 
 
 @by_type
@@ -141,14 +136,16 @@ def _scale(rs, i):
 
 @jit(nogil=True)
 def fused_kernel(lo, hi, x, t, y, w, wh, eps, cap, kl, z_loss, ignore, rs, g, zb, cb, eb, loss):
-    """Rows ``lo:hi`` of the fused loss: per-row losses into ``loss``, with ``rs`` (the row
-    scale) the gradient into ``g`` (None: into ``x``). ``t`` (N,) labels or ``y`` (N, C) a
-    probability target; ``zb``, ``cb``, ``eb`` this thread's scratch rows or None.
+    """Rows ``lo:hi`` of the fused loss: per-row losses into ``loss`` (returns their sum, in
+    float64 row by row), with ``rs`` (the row scale) the gradient into ``g`` (None: into
+    ``x``). ``t`` (N,) labels or ``y`` (N, C) a probability target; ``zb``, ``cb``, ``eb``
+    this thread's scratch rows or None.
 
     The branches on ``rs`` (an argument of this function) are pruned by numba when it is
     None: without a row scale nothing of the gradient is compiled."""
     n_cls = x.shape[1]
     keep1m = _keep1m(eps)
+    total = 0.0
     for i in range(lo, hi):
         xr = x[i]
         gr = _out_row(g, xr, i)
@@ -157,6 +154,7 @@ def fused_kernel(lo, hi, x, t, y, w, wh, eps, cap, kl, z_loss, ignore, rs, g, zb
         state, tl, count = _row_state(t, whr, ignore, i, n_cls)
         if state <= 0:
             loss[i] = np.nan if state < 0 else 0.0
+            total += loss[i]
             if rs is not None:
                 fill(gr, np.nan if state < 0 else 0.0)
             continue
@@ -170,11 +168,13 @@ def fused_kernel(lo, hi, x, t, y, w, wh, eps, cap, kl, z_loss, ignore, rs, g, zb
         S, T, K = totals(S, T, K, yr, tl, zt, m, w, whr, spread, keep1m, kl)
         li, zl, s = loss_terms(S, T, K, rest, ties, m, z_loss)
         loss[i] = li
+        total += li
         if rs is not None:
             r = _scale(rs, i)
             r_s = r / s
             seg_grad(gr, zr, m, ebr, r, r_s, S, zl, ties, rest, yr, w, whr, spread, keep1m, cb)
             gold_fix(gr, tl, zt, m, r_s, S, zl, ties, rest, w, whr, spread, keep1m, cb)
+    return total
 
 
 @by_type

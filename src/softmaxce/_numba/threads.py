@@ -53,12 +53,12 @@ def chunks(n: int, c: int) -> int:
     return max(1, min(numba.config.NUMBA_NUM_THREADS, n))
 
 
-def run(kernel: Callable, n: int, k: int, args_for: Callable[[int], tuple]) -> None:
+def run(kernel: Callable, n: int, k: int, args_for: Callable[[int], tuple]) -> list:
     """``kernel(lo, hi, *args_for(j))`` over ``k`` contiguous row chunks, chunk 0 on the
-    calling thread, the others on the pool (the kernels release the GIL)."""
+    calling thread, the others on the pool (the kernels release the GIL); returns the
+    kernel's results in chunk order."""
     if k <= 1:
-        kernel(0, n, *args_for(0))
-        return
+        return [kernel(0, n, *args_for(0))]
     global _pool
     with _pool_lock:
         if _pool is None or _pool._max_workers < k - 1:
@@ -68,6 +68,5 @@ def run(kernel: Callable, n: int, k: int, args_for: Callable[[int], tuple]) -> N
         pool = _pool
     bounds = [j * n // k for j in range(k + 1)]
     futures = [pool.submit(kernel, bounds[j], bounds[j + 1], *args_for(j)) for j in range(1, k)]
-    kernel(bounds[0], bounds[1], *args_for(0))
-    for f in futures:
-        f.result()
+    first = kernel(bounds[0], bounds[1], *args_for(0))
+    return [first, *(f.result() for f in futures)]
