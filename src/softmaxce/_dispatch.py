@@ -8,12 +8,13 @@ kernels' ``supports`` says which).
 
 Why at every size: once loaded, the kernel is faster than the core at every size, and at
 small sizes it is what keeps a call within the cost of the tutorial NumPy formula (64 x 10
-float32, loss and gradient: about 15 us through ``auto`` against 22 us for the formula and 170
-us on the core; ``/work/notes`` style measurements in the README). The price is paid once per
-process, by the first call that needs a kernel: importing numba and loading the compiled
-kernel from numba's disk cache (about 0.5 s; a kernel variant not yet in the cache compiles,
-a few seconds, once per install). Code that must never import numba passes
-``backend="numpy"``.
+float32, loss and gradient, medians of interleaved rounds on a 2-core machine: about 21 us
+through ``auto``, 22 us for the formula, 140 us on the core; softmax 7 us against 33 us). The
+price is paid once per process, by the first call that needs a kernel: importing numba (about
+0.25 s) and loading the compiled variant from numba's disk cache (about 0.5 s in all; a
+variant not yet in the cache compiles once per install, 2 to 4 s). The same rule picks the
+kernels of softmax, log_softmax and logsumexp (:func:`rows_kernels`). A loss call that must
+never import numba passes ``backend="numpy"``.
 """
 
 from __future__ import annotations

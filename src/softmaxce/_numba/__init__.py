@@ -10,7 +10,7 @@ Same meaning as the core (``docs/internals.md``), for NumPy arrays, with the sam
   gradient of a block from merged statistics (merge them with the core's ``merge``);
 * :func:`softmax_rows`, :func:`log_softmax_rows`, :func:`logsumexp_rows`;
 * :func:`supports`: whether :func:`fused_rows` takes these arrays (the dispatcher falls back to
-  the core otherwise).
+  the core otherwise); :func:`loss_total`: the sum of loss rows, for the reduction.
 
 Files:
 
@@ -23,7 +23,8 @@ Files:
   with the softcap's cancellation-free slope, ``log s`` of a split sum;
 * ``segments.py``: the concerns of one row of a block, each written once (z and its maximum,
   the statistics pass, the loss, the gradient pass, the gold class), specialised at compile
-  time by which optional inputs are None;
+  time by which optional inputs are None (its docstring: how, and the numba pitfalls this
+  avoids);
 * ``rows.py``: the row loops of the fused loss and of a block's statistics and gradient;
 * ``softmax.py``: the row loop of softmax, log_softmax and logsumexp;
 * ``threads.py``: row chunks on a fork-safe pool of Python threads.

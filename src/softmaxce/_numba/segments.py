@@ -1,14 +1,15 @@
 r"""The concerns of one row of a block of classes, each written once.
 
-A *row* here is one row of the block the kernel works on: a whole row for :func:`fused_rows`,
+A *row* here is one row of the block the kernel works on: a whole row for ``fused_rows``,
 the columns ``[col_offset, col_offset + width)`` of it for ``row_stats`` / ``row_grad``. Each
-concern is one function, inlined into the row loops of ``rows.py`` (numba IR inlining, see
-``caching.jit``). The variants are the types of the arguments: every optional input is either
-an array (or a number) or ``None``, and ``if arg is None`` branches are pruned when numba
-compiles a row loop for the types it is called with. So the row of integer targets without
-options compiles to the tight loop (one read for the maximum; one read computing ``exp``,
-storing it in the gradient row and summing; one read-modify-write of the gradient), and every
-option adds only its own work to the same loop bodies:
+concern is one function (``caching.inline``: inlined into numba's IR, so that in place a loop
+reads and writes one row view). The variants are the types of the arguments: every optional
+input is either an array (or a number) or ``None``, and small type-dispatched helpers
+(``caching.by_type``) give each its effect or nothing; numba compiles one variant per
+combination of types a kernel is called with. So the row of integer targets without options
+compiles to the tight loop (one read for the maximum; one read computing ``exp``, storing it
+in the gradient row and summing; one read-modify-write of the gradient), and every option
+adds only its own work to the same loop bodies:
 
 * ``yr``: the row of a probability target, or None for class indices;
 * ``w``: the class weights of the block (float64), or None;
@@ -29,6 +30,16 @@ ref(m)``, ``e = exp(d)``; ``ties`` the number of ``d == 0`` and ``rest`` the sum
 constant) and the gold class t adds ``(1 - eps) w_t`` once per row (:func:`totals`). Row sums
 run in acc, except those of probability targets (float64: the KL terms cancel); the per-row
 scalars (``log s``, the loss, the z-loss terms, the gradient's factors) are float64.
+
+Three numba pitfalls shape the code. (1) ``if arg is None`` is pruned only where ``arg`` is
+None; where it is an array both branches are typed, so a helper that returns an input or None
+must pick its body by type (``by_type``), and a branch of a kernel on its own argument (``rs
+is not None``) is the only ``is None`` test. (2) numba 0.68 can drop a later store of the
+caller when it inlines an ``overload`` into typed IR (``inline="always"``): no overload is
+inlined that way (LLVM inlines the small helpers). (3) A branch on a helper's result inside a
+loop keeps LLVM from vectorising it: selects live inside the helpers (``masked``). And the
+formulas whose order of operations carries their accuracy (``log1p((ties - 1) + rest)``, the
+gold class, a probability target's gradient) are compiled without reassociation.
 
 The gradient of a class (docs/internals.md): ``r ((S + zl) p_c - w_c q_c)``, ``zl = 2 zeta
 lse``, ``p = e / s``. The loops form it as ``a e_c - b u_c`` for class indices (``a = r (S +
