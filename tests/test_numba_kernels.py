@@ -254,6 +254,18 @@ def test_float16_through_its_bits_rounded_once(inplace, soft, name):
     check(x, target, name, inplace=inplace)
 
 
+def test_float16_logits_with_a_float32_gradient():
+    # (what a caller that scales the gradient again later asks for: it is rounded once, to
+    # float32, from the float32 accumulation)
+    x, t = make(5, 100, np.float16, seed=11, scale=2.0)
+    opts, arrays, _ = options("weight+smooth", x, t)
+    out = np.empty(x.shape, np.float32)
+    loss = nk.fused_rows(x, t, opts, row_scale=np.ones(5), out=out, **arrays)
+    ref_loss, ref_grad = reference(x, t, opts, row_scale=np.ones(5), **arrays)
+    close(loss, ref_loss, 8 * EPS32, "loss")
+    close(out, ref_grad, 8 * EPS32, "float32 gradient")
+
+
 def test_a_scalar_row_scale_equals_the_same_scale_per_row():
     x, t = make(8, 50, np.float32, seed=13)
     _, per_row = check(x, t, "weight+smooth", row_scale=np.full(8, 0.25))
