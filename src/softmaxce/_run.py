@@ -113,8 +113,8 @@ def _unit_weights(p: Problem) -> Problem:
     sem, w = p.opts.semantics, p.weight
     if w is None or p.opts.reduction != "mean" or sem.mean_by(p.soft) != "mass":
         return p
-    if sem.empty == "one":  # W == 0 would become 1: the scale would not cancel
-        return p
+    if sem.empty == "one" or sem.unit_mass:  # W == 0 would become 1, or a row's loss is not
+        return p  # proportional to the weights (lse - sum w q z): the scale would not cancel
     big = float(np.max(np.abs(w)))
     if big == 0:
         return p
@@ -130,6 +130,9 @@ def _unit_weights(p: Problem) -> Problem:
 def _run(p, want_grad, dloss, inplace, backend, grad_dtype):
     if p.numpy:
         p = _unit_weights(p)
+        sem, masked = p.opts.semantics, p.where is not None
+        if sem.core_only(p.opts, soft=p.soft, weighted=p.weight is not None, masked=masked):
+            backend = "numpy"  # (a framework's rule that only the core implements)
     xp, opts = p.xp, p.opts
     n, c = p.x2.shape
     wide = wide_dtype(xp, p.x2.dtype)
