@@ -34,6 +34,10 @@ FORK_TIMEOUT = 60
 
 # Python 3.12+ warns when a process with threads forks: the very situation tested here.
 FORK_WARNING = "ignore:This process .* is multi-threaded:DeprecationWarning"
+# JAX, when another test has loaded it, warns at every fork of this process (its threads are
+# not the ones under test: the child here never touches JAX).
+JAX_FORK_WARNING = "ignore:os.fork\\(\\) was called:RuntimeWarning"
+UNRAISABLE = "ignore::pytest.PytestUnraisableExceptionWarning"
 needs_fork = pytest.mark.skipif(
     "fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this platform"
 )
@@ -76,6 +80,8 @@ def _large_call_agrees_with_the_core() -> None:
 
 @needs_fork
 @pytest.mark.filterwarnings(FORK_WARNING)
+@pytest.mark.filterwarnings(JAX_FORK_WARNING)
+@pytest.mark.filterwarnings(UNRAISABLE)
 def test_fork_after_threaded_call_does_not_hang(threaded):
     x, t = large_problem()
     sc.softmax_cross_entropy(x, t, backend="numba")
@@ -95,6 +101,8 @@ def _torch_large_call_agrees_with_the_core() -> None:
 
 @needs_fork
 @pytest.mark.filterwarnings(FORK_WARNING)
+@pytest.mark.filterwarnings(JAX_FORK_WARNING)
+@pytest.mark.filterwarnings(UNRAISABLE)
 def test_torch_fork_after_threaded_call_does_not_hang(threaded):
     torch = pytest.importorskip("torch")
     from softmaxce.torch import cross_entropy
