@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import device as _device
 from array_api_compat import is_array_api_obj
+from array_api_compat import to_device as _to_device
 
 from . import _validate as v
 from ._core._xp import Array, acc_dtype, namespace, wide_dtype
@@ -122,11 +123,14 @@ def _classes_last(xp: Any, a: Array, axis: int) -> Array:
 
 
 def _check_labels(xp: Any, t: Array, n_classes: int, ignore: int, name: str) -> None:
-    """Labels in ``[0, C)`` or equal to ``ignore``; the first bad one named, with position."""
+    """Labels in ``[0, C)`` or equal to ``ignore``; the first bad one named, with position.
+
+    Any readable array (see :func:`readable`), NumPy included: the one check of the data of
+    class indices for every array library and front end."""
     bad = ((t < 0) | (t >= n_classes)) & (t != ignore)
     if not bool(xp.any(bad)):
         return
-    pos = tuple(int(i) for i in np.argwhere(np.asarray(xp.to_device(bad, "cpu")))[0])
+    pos = tuple(int(i) for i in np.argwhere(np.asarray(_to_device(bad, "cpu")))[0])
     value = int(t[pos]) if t.ndim else int(t)
     msg = (
         f"{name} must hold class indices in [0, {n_classes}) or ignore_index={ignore}; "
@@ -222,15 +226,33 @@ def prepare(
     t = _target(xp, x, target, ax, opts, "target")
     w = _weight(xp, x, weight, n_classes, opts.semantics.negative_weight, "weight")
     mask = where_array(xp, x, where)
-    moved = _classes_last(xp, x, ax)
+    return from_checked(xp, x, t, opts, axis=ax, weight=w, where=mask)
+
+
+def from_checked(
+    xp: Any,
+    x: Array,
+    target: Array,
+    opts: LossOptions,
+    *,
+    axis: int,
+    weight: Array | None = None,
+    where: Array | None = None,
+) -> Problem:
+    """The :class:`Problem` of arrays that are already validated (by :func:`prepare`, or at a
+    front end's own boundary): only the layout work, the classes moved last and the rows
+    flattened to (N, C), views where possible. ``axis`` is non-negative; ``where`` has the
+    logits' shape."""
+    n_classes = x.shape[axis]
+    moved = _classes_last(xp, x, axis)
     batch = tuple(moved.shape[:-1])
     x2 = xp.reshape(moved, (-1, n_classes))
-    if t.ndim == x.ndim and xp.isdtype(t.dtype, "real floating"):
-        t2 = xp.reshape(_classes_last(xp, t, ax), (-1, n_classes))
+    if target.ndim == x.ndim and xp.isdtype(target.dtype, "real floating"):
+        t2 = xp.reshape(_classes_last(xp, target, axis), (-1, n_classes))
     else:
-        t2 = xp.reshape(t, (-1,))
-    m2 = None if mask is None else xp.reshape(_classes_last(xp, mask, ax), (-1, n_classes))
-    return Problem(xp, x, ax, x2, t2, w, m2, batch, opts)
+        t2 = xp.reshape(target, (-1,))
+    m2 = None if where is None else xp.reshape(_classes_last(xp, where, axis), (-1, n_classes))
+    return Problem(xp, x, axis, x2, t2, weight, m2, batch, opts)
 
 
 def _softcap_fits(xp: Any, dtype: Any, cap: float | None) -> None:
@@ -260,12 +282,6 @@ def _prepare_numpy(x, target, opts, axis, weight, where, name) -> Problem:
         weight = as_array(xp, x, weight, "weight")
     w = v.class_weight(weight, n_classes, allow_negative=opts.semantics.negative_weight)
     mask = where_array(xp, x, where)
-    moved = _classes_last(np, x, ax)
-    batch = moved.shape[:-1]
-    x2 = moved.reshape(-1, n_classes)  # a view when possible, else a copy
-    if t.dtype.kind == "f":
-        t2 = _classes_last(np, t, ax).reshape(-1, n_classes)
-    else:
-        t2 = t.reshape(-1).astype(np.int64, copy=False)
-    m2 = None if mask is None else _classes_last(np, mask, ax).reshape(-1, n_classes)
-    return Problem(xp, x, ax, x2, t2, w, m2, batch, opts)
+    if t.dtype.kind != "f":
+        t = t.astype(np.int64, copy=False)
+    return from_checked(xp, x, t, opts, axis=ax, weight=w, where=mask)
