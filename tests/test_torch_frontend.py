@@ -444,6 +444,25 @@ def test_gradcheck_target_and_weight():
     )
 
 
+@pytest.mark.parametrize("smooth", [0.0, 0.1])
+def test_target_and_weight_gradients_at_their_zero_entries_match_f_cross_entropy(smooth):
+    """d loss / d q_c and d loss / d w_c where q_c = 0 or w_c = 0 (a one-hot target, a zero
+    weight): autograd through the core must keep the derivative of ``q_c (z_c - m)``, which a
+    ``0 * anything = 0`` product drops (issue 10: the core's xmul)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64).requires_grad_()
+    t = F.one_hot(torch.tensor([0, 1, 2, 3]), 5).double()
+    w = torch.rand(5, generator=g, dtype=torch.float64) + 0.1
+    w[1] = 0.0
+    grads = []
+    for fn in (F.cross_entropy, lambda *a, **k: sct.cross_entropy(*a, semantics="torch", **k)):
+        tt, ww = t.clone().requires_grad_(), w.clone().requires_grad_()
+        loss = fn(x, tt, ww, label_smoothing=smooth)
+        grads.append(torch.autograd.grad(loss, (x, tt, ww)))
+    for ours, theirs in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=16 * EPS64, atol=16 * EPS64)
+
+
 def test_no_grad_mode_with_inputs_that_require_grad():
     x, t, kw = make_case("2d", "index_ignore", {"weight": True})
     kw["weight"].requires_grad_()
