@@ -693,6 +693,20 @@ def test_inplace_guards():
         torch.autograd.grad(loss, x, torch.tensor(2.0, dtype=torch.float64), create_graph=True)
 
 
+def test_inplace_refuses_a_target_or_weight_sharing_the_input_memory():
+    """The kernel would read a target (or weight) that the gradient is overwriting: refused,
+    by the NumPy API's check, before anything is written."""
+    x0, _, _ = make_case("2d", "prob", {})
+    x = x0.clone()
+    before = x.detach().clone()
+    with pytest.raises(ValueError, match="target shares memory"):
+        sct.cross_entropy(x, x.detach(), inplace_backward=True)
+    with pytest.raises(ValueError, match="weight shares memory"):
+        sct.cross_entropy(x, torch.tensor([0, 1, 2, 3, 4, 0]), x.detach()[0],
+                          inplace_backward=True)  # fmt: skip
+    torch.testing.assert_close(x.detach(), before)
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------
