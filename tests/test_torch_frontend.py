@@ -419,13 +419,15 @@ def test_custom_op_schema_is_the_flat_options():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("option", ["plain", "weight_smooth", "everything"])
 @pytest.mark.parametrize("target_kind", ["index_ignore", "prob"])
 @pytest.mark.parametrize("layout", ["2d", "3d", "unbatched"])
-def test_gradcheck_gradgradcheck(layout, target_kind, option, reduction):
+def test_gradcheck_gradgradcheck(layout, target_kind, option, reduction, path):
     x, t, kw = make_case(layout, target_kind, {**OPTIONS, **EXTRA}[option])
     x = (x / 3).detach().requires_grad_()
+    kw["backend"] = PATHS[path]
 
     def f(inp):
         return sct.cross_entropy(inp, t, reduction=reduction, **kw)

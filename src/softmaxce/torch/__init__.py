@@ -88,7 +88,8 @@ def cross_entropy(
     ``backend``: ``"auto"`` (a fused CPU kernel for CPU tensors, the core elsewhere),
     ``"numba"`` or ``"numpy"`` (that fused CPU kernel; CPU tensors only), ``"core"`` (the core
     on the tensors, any device). An explicit choice that cannot run raises; ``"triton"`` is not
-    available yet.
+    available yet. Gradients reach ``input`` and, through the core, a probability ``target``
+    or a ``weight`` that requires grad; double backward (``create_graph=True``) works on both.
 
     ``inplace_backward=True`` (fused CPU path) writes the gradient into ``input``'s storage
     during the forward, so no ``N x C`` gradient is allocated: **afterwards ``input`` holds
