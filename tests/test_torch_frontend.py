@@ -399,6 +399,8 @@ def test_backend_cpu_kernel_that_cannot_run_raises(backend):
         sct.cross_entropy(x, t.requires_grad_(), backend=backend)
     with pytest.raises(ValueError, match=f"backend='{backend}' differentiates the input only"):
         sct.cross_entropy(x, t.detach(), kw["weight"].requires_grad_(), backend=backend)
+    if backend == "numba" and softmaxce._dispatch.numba_kernels() is None:
+        return  # (test_backend_choices_agree: ImportError)
     with torch.no_grad():  # no gradient asked for: the kernel can run
         sct.cross_entropy(x, t, kw["weight"], backend=backend)
 
