@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -237,3 +237,77 @@ def _run_probs(p: Problem, want_grad: bool, dloss: Any) -> Any:
     scale = reduce.row_scale(_dloss(p, dloss, wide), opts.reduction, total, n)
     grad = probs.ce_grad(p.x2, p.target, ctx, scale, weight=p.weight)
     return p.to_layout(xp.astype(grad, p.x.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# The core path in two halves, for front ends that own their backward (an autograd Function):
+# the forward keeps the per-row statistics (O(N)), the backward turns them into the gradient.
+# --------------------------------------------------------------------------------------------
+
+
+class CoreState(NamedTuple):
+    """What the gradient of a problem needs from its forward: all (N,) or 0-d arrays."""
+
+    ctx: rows.RowContext
+    total: Array | None  # the mean's W (after the empty rule), None unless "mean"
+    stats: rows.RowStats
+
+
+def _context(p: Problem) -> tuple[rows.RowContext, Array | None]:
+    """The row context and the mean's denominator of ``p``."""
+    ctx = rows.row_context(p.x2, p.target, p.x2.shape[1], p.opts, p.where)
+    if p.opts.reduction != "mean":
+        return ctx, None
+    sem = p.opts.semantics
+    wide = wide_dtype(p.xp, p.x2.dtype)
+    total = reduce.denominator(
+        p.target, p.weight, ctx, sem.mean_by(p.soft), sem.empty, p.x.shape[0], wide
+    )
+    return ctx, total
+
+
+def core_state(p: Problem) -> CoreState:
+    """The statistics of every row of ``p`` by the core (one block of all the classes)."""
+    ctx, total = _context(p)
+    stats = rows.row_stats(p.x2, p.target, 0, p.opts, ctx, weight=p.weight, where=p.where)
+    return CoreState(ctx, total, stats)
+
+
+def core_loss(p: Problem, state: CoreState) -> Any:
+    """The loss of ``p`` from its :func:`core_state` (quirks and reduction included)."""
+    loss_rows = _quirky_loss(p, state.ctx, rows.row_loss(state.stats, p.opts, state.ctx))
+    return _output(p, reduce.reduce(loss_rows, p.opts.reduction, state.total))
+
+
+def core_grad(p: Problem, state: CoreState, dloss: Any = None, grad_dtype: Any = None) -> Array:
+    """``dloss * d loss / d logits`` of ``p`` from its :func:`core_state`, in the logits'
+    layout; the same as :func:`run`'s gradient on the core."""
+    n = p.x2.shape[0]
+    wide = wide_dtype(p.xp, p.x2.dtype)
+    scale = reduce.row_scale(_dloss(p, dloss, wide), p.opts.reduction, state.total, n)
+    g = rows.row_grad(
+        p.x2, p.target, 0, state.stats, scale, p.opts, state.ctx, weight=p.weight, where=p.where
+    )
+    if state.total is not None:
+        g = _zero_if_empty(p, state.total, g)
+    g = _quirky_grad(p, state.ctx, state.total, g)
+    return p.to_layout(p.xp.astype(g, grad_dtype or p.x.dtype))
+
+
+def for_autograd(p: Problem) -> Problem:
+    """``p`` with the logits of the rows that carry no weight set to 0, for a caller that
+    differentiates the core with autograd (gradients of a target or of class weights, double
+    backward).
+
+    Such rows (ignored, no class allowed, or every row when the mean's W is 0) have loss 0 and
+    gradient 0 whatever their logits; but a zero upstream gradient does not stop a NaN logit
+    in a backward (``0 * NaN``), so they are zeroed before the core sees them. Semantics that
+    keep a framework's NaN gradients on such rows (``nan_nonfinite_row_grad``) are left alone.
+    """
+    if p.opts.semantics.nan_nonfinite_row_grad:
+        return p
+    ctx, total = _context(p)
+    live = ctx.keep
+    if total is not None:
+        live = live & (total != 0) & (total == total)
+    return dataclasses.replace(p, x2=p.xp.where(live[:, None], p.x2, 0.0))
