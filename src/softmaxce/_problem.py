@@ -73,6 +73,13 @@ def readable(a: Array) -> bool:
     return str(dev).lower().startswith("cpu") or str(dev).startswith("TFRT_CPU")
 
 
+def _host(a: Array) -> np.ndarray:
+    """The values of a :func:`readable` array as NumPy (detached from autograd: a torch weight
+    may require grad). The namespaces of array-api-compat have no ``to_device``."""
+    detach = getattr(a, "detach", None)
+    return np.asarray(a if detach is None else detach())
+
+
 def as_float(x: Any, name: str) -> tuple[Any, Array]:
     """``(xp, x)`` with ``x`` an array of a real float dtype (integers promote to float64)."""
     if not is_array_api_obj(x) or isinstance(x, np.ndarray):
@@ -126,7 +133,7 @@ def _check_labels(xp: Any, t: Array, n_classes: int, ignore: int, name: str) -> 
     bad = ((t < 0) | (t >= n_classes)) & (t != ignore)
     if not bool(xp.any(bad)):
         return
-    pos = tuple(int(i) for i in np.argwhere(np.asarray(xp.to_device(bad, "cpu")))[0])
+    pos = tuple(int(i) for i in np.argwhere(_host(bad))[0])
     value = int(t[pos]) if t.ndim else int(t)
     msg = (
         f"{name} must hold class indices in [0, {n_classes}) or ignore_index={ignore}; "
@@ -178,7 +185,7 @@ def _weight(xp: Any, x: Array, w: Any, n_classes: int, allow_negative: bool, nam
         msg = f"{name} must have shape ({n_classes},) (one per class), got shape {tuple(w.shape)}"
         raise ValueError(msg)
     if readable(w):
-        host = np.asarray(xp.to_device(w, "cpu"), dtype=np.float64)
+        host = _host(w).astype(np.float64)
         v.class_weight(host, n_classes, name=name, allow_negative=allow_negative)
     return w
 
