@@ -70,7 +70,8 @@ def readable(a: Array) -> bool:
             return False
     except ImportError:
         pass
-    return str(dev).lower().startswith("cpu") or str(dev).startswith("TFRT_CPU")
+    # torch "cpu", JAX "cpu:0" (older: "TFRT_CPU_0"), array-api-strict "Device('CPU_DEVICE')"
+    return "cpu" in str(dev).lower()
 
 
 def _host(a: Array) -> np.ndarray:
