@@ -121,7 +121,9 @@ def as_array(xp: Any, like: Array, a: Any, name: str) -> Array:
         return v.as_array(a, name)
     if is_array_api_obj(a):
         return a
-    return xp.asarray(a, device=_device(like))
+    # through NumPy: a Python float is float64 as for NumPy arrays (torch.asarray would round
+    # it to float32, its default dtype), and a ragged list is named
+    return xp.asarray(v.as_array(a, name), device=_device(like))
 
 
 def _classes_last(xp: Any, a: Array, axis: int) -> Array:
