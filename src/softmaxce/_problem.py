@@ -131,18 +131,11 @@ def _classes_last(xp: Any, a: Array, axis: int) -> Array:
     return a if axis == a.ndim - 1 else xp.moveaxis(a, axis, -1)
 
 
-def _check_labels(xp: Any, t: Array, n_classes: int, ignore: int, name: str) -> None:
-    """Labels in ``[0, C)`` or equal to ``ignore``; the first bad one named, with position."""
-    bad = ((t < 0) | (t >= n_classes)) & (t != ignore)
-    if not bool(xp.any(bad)):
-        return
-    pos = tuple(int(i) for i in np.argwhere(_host(bad))[0])
-    value = int(t[pos]) if t.ndim else int(t)
-    msg = (
-        f"{name} must hold class indices in [0, {n_classes}) or ignore_index={ignore}; "
-        f"got {value} at position {pos}"
-    )
-    raise ValueError(msg)
+def _check_labels(t: Array, shape: tuple[int, ...], axis: int, ignore: int, name: str) -> None:
+    """Labels in ``[0, C)`` or equal to ``ignore``: the NumPy check, on the host values of a
+    :func:`readable` target (any integer dtype: torch has no ``<`` for uint64, and the Array
+    API compares no unsigned array with a negative ``ignore_index``)."""
+    v.target_array(_host(t), np.broadcast_to(np.empty((), bool), shape), axis, ignore, name)
 
 
 def _target(xp: Any, x: Array, t: Any, axis: int, opts: LossOptions, name: str) -> Array:
@@ -173,7 +166,7 @@ def _target(xp: Any, x: Array, t: Any, axis: int, opts: LossOptions, name: str) 
         )
         raise ValueError(msg)
     if readable(t):
-        _check_labels(xp, t, x.shape[axis], opts.ignore_index, name)
+        _check_labels(t, tuple(x.shape), axis, opts.ignore_index, name)
     return t
 
 
@@ -237,8 +230,9 @@ def prepare(
     x2 = xp.reshape(moved, (-1, n_classes))
     if t.ndim == x.ndim and xp.isdtype(t.dtype, "real floating"):
         t2 = xp.reshape(_classes_last(xp, t, ax), (-1, n_classes))
-    else:
-        t2 = xp.reshape(t, (-1,))
+    else:  # (torch gathers with int64 only; no uint compares with a negative ignore_index)
+        index = xp.__array_namespace_info__().default_dtypes()["indexing"]
+        t2 = xp.astype(xp.reshape(t, (-1,)), index)
     m2 = None if mask is None else xp.reshape(_classes_last(xp, mask, ax), (-1, n_classes))
     return Problem(xp, x, ax, x2, t2, w, m2, batch, opts)
 
