@@ -32,6 +32,9 @@ def _dloss(p: Problem, dloss: Any, dtype: Any) -> Array:
     if dloss is None:
         return xp.ones(shape, dtype=dtype, device=_dev(p.x2))
     d = as_array(xp, p.x2, dloss, "dloss")
+    if not (xp.isdtype(d.dtype, "real floating") or xp.isdtype(d.dtype, "integral")):
+        msg = f"dloss must be a real array or number, got dtype {d.dtype}"  # (not cast away)
+        raise TypeError(msg)
     if tuple(d.shape) != tuple(shape):
         what = "a scalar" if shape == () else f"an array of the loss's shape {shape}"
         msg = f"dloss must be {what}, got shape {tuple(d.shape)}"
