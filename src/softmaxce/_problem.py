@@ -70,7 +70,8 @@ def readable(a: Array) -> bool:
             return False
     except ImportError:
         pass
-    return str(dev).lower().startswith("cpu") or str(dev).startswith("TFRT_CPU")
+    # torch "cpu", JAX "cpu:0" (older: "TFRT_CPU_0"), array-api-strict "Device('CPU_DEVICE')"
+    return "cpu" in str(dev).lower()
 
 
 def as_float(x: Any, name: str) -> tuple[Any, Array]:
@@ -113,7 +114,9 @@ def as_array(xp: Any, like: Array, a: Any, name: str) -> Array:
         return v.as_array(a, name)
     if is_array_api_obj(a):
         return a
-    return xp.asarray(a, device=_device(like))
+    # through NumPy: a Python float is float64 as for NumPy arrays (torch.asarray would round
+    # it to float32, its default dtype), and a ragged list is named
+    return xp.asarray(v.as_array(a, name), device=_device(like))
 
 
 def _classes_last(xp: Any, a: Array, axis: int) -> Array:
@@ -149,7 +152,7 @@ def _target(xp: Any, x: Array, t: Any, axis: int, opts: LossOptions, name: str) 
         )
         raise ValueError(msg)
     if readable(t):
-        v.check_labels(t, x.shape[axis], opts.ignore_index, name)
+        v.check_labels(v.to_host(t), x.shape[axis], opts.ignore_index, name)
     return t
 
 
@@ -243,8 +246,9 @@ def problem_of(
     x2 = xp.reshape(moved, (-1, n_classes))
     if target.ndim == x.ndim and xp.isdtype(target.dtype, "real floating"):
         t2 = xp.reshape(_classes_last(xp, target, axis), (-1, n_classes))
-    else:
-        t2 = xp.reshape(target, (-1,))
+    else:  # (torch gathers with int64 only; no uint compares with a negative ignore_index)
+        index = xp.__array_namespace_info__().default_dtypes()["indexing"]
+        t2 = xp.astype(xp.reshape(target, (-1,)), index)
     m2 = None if where is None else xp.reshape(_classes_last(xp, where, axis), (-1, n_classes))
     return Problem(xp, x, axis, x2, t2, weight, m2, tuple(moved.shape[:-1]), opts)
 

@@ -32,6 +32,9 @@ def _dloss(p: Problem, dloss: Any, dtype: Any) -> Array:
     if dloss is None:
         return xp.ones(shape, dtype=dtype, device=_dev(p.x2))
     d = as_array(xp, p.x2, dloss, "dloss")
+    if not (xp.isdtype(d.dtype, "real floating") or xp.isdtype(d.dtype, "integral")):
+        msg = f"dloss must be a real array or number, got dtype {d.dtype}"  # (not cast away)
+        raise TypeError(msg)
     if tuple(d.shape) != tuple(shape):
         what = "a scalar" if shape == () else f"an array of the loss's shape {shape}"
         msg = f"dloss must be {what}, got shape {tuple(d.shape)}"
@@ -94,10 +97,8 @@ def run(
     ``inplace`` (NumPy logits only, checked by the caller) writes the gradient into the
     logits and returns them; ``grad_dtype`` overrides the gradient's dtype.
     """
-    if p.numpy:
-        with np.errstate(**_ERRSTATE):
-            return _run(p, want_grad, dloss, inplace, backend, grad_dtype)
-    return _run(p, want_grad, dloss, inplace, backend, grad_dtype)
+    with np.errstate(**_ERRSTATE):  # (array-api-strict computes with NumPy underneath)
+        return _run(p, want_grad, dloss, inplace, backend, grad_dtype)
 
 
 def _unit_weights(p: Problem) -> Problem:
@@ -215,10 +216,8 @@ def _numpy_grad(p: Problem, grad2: np.ndarray, inplace: bool) -> np.ndarray:
 
 def run_probs(p: Problem, *, want_grad: bool, dloss: Any = None) -> Any:
     """Cross-entropy on probabilities ``p.x``: the loss, or its gradient with ``want_grad``."""
-    if p.numpy:
-        with np.errstate(**_ERRSTATE):
-            return _run_probs(p, want_grad, dloss)
-    return _run_probs(p, want_grad, dloss)
+    with np.errstate(**_ERRSTATE):
+        return _run_probs(p, want_grad, dloss)
 
 
 def _run_probs(p: Problem, want_grad: bool, dloss: Any) -> Any:

@@ -62,7 +62,7 @@ def denominator(
     if mean_by == "mass" and not (weight is None and target.ndim == 1):
         total = xp.sum(target_mass(target, weight, ctx, dtype))
     elif mean_by in ("mass", "valid"):  # (index targets without weights: their mass is 1)
-        total = xp.sum(ctx.keep, dtype=dtype)
+        total = xp.sum(xp.astype(ctx.keep, dtype))  # (the Array API sums no bools)
     else:
         count = target.shape[0] if mean_by == "positions" else n_batch
         total = xp.asarray(float(count), dtype=dtype, device=_dev(target))

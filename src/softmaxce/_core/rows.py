@@ -270,7 +270,10 @@ def merge(a: RowStats, b: RowStats) -> RowStats:
     m = xp.maximum(a.m, b.m)
     ref = max_ref(xp, m)
     ref_a, ref_b = max_ref(xp, a.m), max_ref(xp, b.m)
-    scale_a, scale_b = xp.exp(ref_a - ref), xp.exp(ref_b - ref)
+    # a side with no terms (m = -inf) is scaled by 1, not exp(0 - ref): inf below ref = -709,
+    # and inf * 0 = NaN would poison the other side's row
+    scale_a = xp.exp(xp.where(a.m == NEG_INF, 0.0, ref_a - ref))
+    scale_b = xp.exp(xp.where(b.m == NEG_INF, 0.0, ref_b - ref))
     top_a, top_b = a.m == m, b.m == m
     ties = xp.where(top_a, a.ties, 0.0) + xp.where(top_b, b.ties, 0.0)
     rest = (a.rest + xp.where(top_a, 0.0, a.ties)) * scale_a + (
