@@ -22,7 +22,7 @@ collect_ignore = [
     path
     for path, needs in [
         ("src/softmaxce/_numba", "numba"),
-        ("src/softmaxce/torch.py", "torch"),
+        ("src/softmaxce/torch", "torch"),
     ]
     if importlib.util.find_spec(needs) is None
 ]

@@ -136,26 +136,70 @@ def summary(framework: str) -> str:
     )
 
 
-def test_table_is_complete():
-    """Every framework has a row in the semantics table, with the core's choices."""
-    from softmaxce._api import EMPTY, MEAN_BY
+COMPAT_MODULES = ("chainer", "mxnet", "mygrad", "optax", "pytorch")
 
-    assert set(_common.TABLE) == {"pytorch", "chainer", "mygrad", "optax", "mxnet"}
-    for sem in _common.TABLE.values():
+
+def test_table_is_complete():
+    """Every framework has a row in the one semantics table, with the core's choices, and its
+    argument checks under the same name."""
+    from softmaxce._core.reduce import EMPTY, MEAN_BY
+    from softmaxce._semantics import TABLE
+
+    assert set(_common.CHECKS) == {"torch", "chainer", "mygrad", "optax", "mxnet"}
+    assert set(_common.CHECKS) < set(TABLE)
+    for name, sem in TABLE.items():
+        assert sem.name == name
         assert sem.mean_index in MEAN_BY and sem.mean_soft in MEAN_BY
         assert sem.empty in EMPTY
+        assert sem.nan_zero_log_zero in ("", "soft", "all")
+    assert not hasattr(_common, "TABLE") and not hasattr(_common, "Semantics")
 
 
-def test_no_second_copy_of_the_math():
-    """The compat modules never form a softmax or log-softmax with np.exp / np.log."""
+# NumPy functions a compat module may call: array handling and label mapping, no arithmetic
+# of a loss (no exp, log, sum, max, take_along_axis, ...).
+_SHAPE_ONLY = {
+    "argsort", "array", "asarray", "broadcast_to", "count_nonzero", "errstate", "expand_dims",
+    "flatnonzero", "moveaxis", "result_type", "transpose", "trunc", "unravel_index", "where",
+    "zeros",
+}
+
+
+def _calls_and_imports(mod):
+    import ast
     import inspect
 
-    from softmaxce.compat import chainer, mxnet, mygrad, optax, pytorch
+    tree = ast.parse(inspect.getsource(mod))
+    np_calls, imports = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if isinstance(node.func.value, ast.Name) and node.func.value.id == "np":
+                np_calls.add(node.func.attr)
+        if isinstance(node, ast.ImportFrom):
+            imports.add(("." * node.level + (node.module or ""), *(a.name for a in node.names)))
+    return np_calls, imports
 
-    for mod in (chainer, mxnet, mygrad, optax, pytorch):
-        src = inspect.getsource(mod)
-        assert "np.exp(" not in src, mod.__name__
-        assert "logsumexp(" not in src.replace("core.logsumexp(", ""), mod.__name__
+
+@pytest.mark.parametrize("name", COMPAT_MODULES)
+def test_no_second_copy_of_the_math(name):
+    """A compat module holds data and shape mapping only: no NumPy arithmetic of a loss, no
+    import of the core, the shim or the run; the core is reached only through _common (and
+    MXNet's forward, which *is* the softmax, from the core's softmax)."""
+    import importlib
+
+    mod = importlib.import_module(f"softmaxce.compat.{name}")
+    np_calls, imports = _calls_and_imports(mod)
+    assert np_calls <= _SHAPE_ONLY, (name, np_calls - _SHAPE_ONLY)
+    allowed = {("..", "_validate"), (".", "_common"), ("__future__", "annotations"),
+               ("typing", "Any")}
+    if name == "mxnet":
+        allowed.add((".._core.softmax", "softmax"))
+    assert imports <= allowed, (name, imports - allowed)
+
+
+def test_common_reaches_the_core_only_through_run():
+    np_calls, imports = _calls_and_imports(_common)
+    assert not np_calls
+    assert not any(module.startswith(".._core") or "_api" in module for module, *_ in imports)
 
 
 def _compat_array_args():
@@ -195,3 +239,104 @@ def test_compat_ragged_nested_list_names_the_argument(mode, arg, call):
 def test_compat_masked_array_is_refused_not_silently_unmasked(mode, arg, call):
     with pytest.raises(TypeError, match=rf"^{arg} is a numpy masked array.*where=~{arg}\.mask"):
         call(np.ma.masked_array(np.zeros(3), mask=[False, True, False]))
+
+
+def _one_call_per_mode():
+    """(mode, call, label checks expected) for every compat entry point."""
+    from softmaxce.compat import chainer, mxnet, mygrad, optax, pytorch
+
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    t = np.array([0, 1, 2, 1])
+    q = np.full((4, 3), 1 / 3, np.float32)
+    where = np.ones((4, 3), bool)
+    return [
+        ("pytorch", lambda: pytorch.cross_entropy_with_grad(x, t, np.ones(3)), 1),
+        ("pytorch-soft", lambda: pytorch.cross_entropy_with_grad(x, q), 0),
+        ("chainer", lambda: chainer.softmax_cross_entropy_with_grad(x, t.astype(np.int32)), 1),
+        ("chainer-soft", lambda: chainer.softmax_cross_entropy_with_grad(x, q), 0),
+        ("mygrad", lambda: mygrad.softmax_crossentropy_with_grad(x, t), 1),
+        ("optax-int", lambda: optax.softmax_cross_entropy_with_integer_labels_with_grad(
+            x, t, where=where), 1),
+        ("optax", lambda: optax.softmax_cross_entropy_with_grad(x, q, where=where), 0),
+        # MXNet's float labels are truncated and checked by its own label mapping.
+        ("mxnet", lambda: mxnet.SoftmaxOutput_with_grad(x, t.astype(np.float32)), 0),
+        ("mxnet-prob", lambda: mxnet.SoftmaxOutput_with_grad(x, q), 0),
+    ]
+
+
+ONE_CALL = _one_call_per_mode()
+
+
+@pytest.mark.parametrize(("mode", "call", "n_labels"), ONE_CALL, ids=[m for m, *_ in ONE_CALL])
+def test_compat_call_validates_once(mode, call, n_labels, monkeypatch):
+    """One compat call: the framework's checks once, then the run; never the public path's
+    validation (prepare, _api.fused) on top. The label-range check runs once (index targets)."""
+    from softmaxce import _api, _problem
+    from softmaxce import _validate as v
+
+    counts = {"labels": 0, "weights": 0}
+
+    def counting(name, real):
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a compat call validated a second time")
+
+    monkeypatch.setattr(v, "check_labels", counting("labels", v.check_labels))
+    monkeypatch.setattr(v, "class_weight", counting("weights", v.class_weight))
+    monkeypatch.setattr(_problem, "prepare", refused)
+    monkeypatch.setattr(_api, "fused", refused)
+    _, grad = call()
+    assert grad is not None and np.all(np.isfinite(grad))
+    assert counts["labels"] == n_labels
+    assert counts["weights"] <= 1
+
+
+def _labels_on(lib, a):
+    if lib == "numpy":
+        return a
+    if lib == "torch":
+        return pytest.importorskip("torch").asarray(a)
+    if lib == "jax":
+        return pytest.importorskip("jax.numpy").asarray(a)
+    return pytest.importorskip("array_api_strict").asarray(a)
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch", "jax", "array_api_strict"])
+@pytest.mark.parametrize("ignore", [-100, _common.NO_IGNORE])
+def test_one_label_check_names_the_first_bad_label_on_every_library(lib, ignore):
+    """_validate.check_labels, the one label-range check (compat modes, prepare, the torch
+    front end): same message on every array library; NO_IGNORE ignores nothing."""
+    from softmaxce import _validate as v
+
+    t = _labels_on(lib, np.array([[0, 2, -100], [1, 3, 0]]))
+    bad = (1, 1) if ignore == -100 else (0, 2)
+    value = 3 if ignore == -100 else -100
+    also = " or ignore_label=-100" if ignore == -100 else ""
+    msg = f"t must hold class indices in [0, 3){also}; got {value} at position {bad}"
+    with pytest.raises(ValueError) as info:
+        v.check_labels(t, 3, ignore, "t", "ignore_label")
+    assert str(info.value) == msg
+    v.check_labels(_labels_on(lib, np.array([0, 2, -100])), 3, -100, "t")  # fine
+
+
+def test_prepare_checks_torch_weights_and_labels_on_the_cpu():
+    """prepare on torch tensors: class weights and labels are read on the CPU (DLPack), for a
+    weight that requires grad too."""
+    torch = pytest.importorskip("torch")
+    from softmaxce._options import loss_options
+    from softmaxce._problem import prepare
+
+    x = torch.zeros((2, 3), dtype=torch.float64)
+    t = torch.tensor([0, 2])
+    opts = loss_options()
+    w = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match=r"^weight must be finite and >= 0, got weight\[1\]"):
+        prepare(x, t, opts, weight=w)
+    with pytest.raises(ValueError, match=r"^target must hold class indices in \[0, 3\)"):
+        prepare(x, torch.tensor([0, 3]), opts)
+    assert prepare(x, t, opts, weight=w.detach().abs()).weight is not None

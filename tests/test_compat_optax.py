@@ -163,25 +163,51 @@ def test_bad_input_names_the_argument(fn, labels, kwargs, exc, name):
     assert_raises_named(exc, lambda: getattr(optax, fn)(x, labels, **kwargs), name)
 
 
-def test_live_optax():
-    """A bonus where jax and optax happen to be importable (the suite never installs them)."""
+def _live_inputs(kind, masked, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((6, 2, 5)) * 2.0
+    x[0, 0, 1] = -np.inf  # optax: a zero label at a -inf logit is NaN (0 * -inf)
+    where = rng.random(x.shape) < 0.7 if masked else None
+    if masked:
+        where[..., 0] = True
+        where[0, 0, 1] = True  # (the -inf logit stays in the softmax)
+        where[1, 1] = False  # a fully masked example: 0
+    if kind == "int":
+        labels = rng.integers(0, 5, (6, 2))
+        labels[0, 0] = 0
+        if masked:  # labels at masked classes keep their logit
+            labels[2, 0] = int(np.flatnonzero(~where[2, 0])[0]) if (~where[2, 0]).any() else 0
+            where[3, 1, labels[3, 1]] = False
+        return x, labels, where
+    q = rng.random(x.shape)
+    q[0, 0, 1] = 0.0
+    return x, q, where
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("kind", ["sce", "int"])
+def test_live_optax(kind, masked):
+    """Values and jax.vjp gradients (random cotangent) of the installed optax, float64: -inf
+    logits, fully masked examples, labels at masked classes (skipped without jax/optax)."""
     real = pytest.importorskip("optax")
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((4, 5))
-    q = rng.random((4, 5))
-    where = rng.random((4, 5)) < 0.7
-    where[:, 0] = True
-    np.testing.assert_allclose(
-        optax.softmax_cross_entropy(x, q, where=where),
-        np.asarray(real.softmax_cross_entropy(x, q, where=where)),
-        rtol=1e-5,
-    )
-    t = rng.integers(0, 5, 4)
-    np.testing.assert_allclose(
-        optax.softmax_cross_entropy_with_integer_labels(x, t),
-        np.asarray(real.softmax_cross_entropy_with_integer_labels(x, t)),
-        rtol=1e-5,
-    )
+    jax = pytest.importorskip("jax")
+    x, labels, where = _live_inputs(kind, masked, seed=3 if masked else 4)
+    head = np.random.default_rng(5).standard_normal(x.shape[:-1])
+    if kind == "int":
+        theirs_fn, ours_fn = (
+            real.softmax_cross_entropy_with_integer_labels,
+            optax.softmax_cross_entropy_with_integer_labels_with_grad,
+        )
+    else:
+        theirs_fn, ours_fn = real.softmax_cross_entropy, optax.softmax_cross_entropy_with_grad
+    with jax.enable_x64(True):
+        out, vjp = jax.vjp(lambda z: theirs_fn(z, labels, where=where), x)
+        (grad,) = vjp(head)
+        out, grad = np.asarray(out), np.asarray(grad)
+    loss, ours = ours_fn(x, labels, where=where, dloss=head)
+    np.testing.assert_allclose(loss, out, rtol=1e-12, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(ours, grad, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert np.isnan(loss[0, 0]) == (kind == "sce")
 
 
 @pytest.mark.parametrize(

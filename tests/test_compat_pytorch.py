@@ -163,13 +163,8 @@ def _live_grid():
         yield shape, soft, weight, ls, red, dk, special
 
 
-@pytest.mark.parametrize(
-    ("shape", "soft", "weight", "ls", "red", "dk", "special"),
-    list(_live_grid()),
-)
-def test_live_torch(shape, soft, weight, ls, red, dk, special):
-    torch = pytest.importorskip("torch")
-    functional = torch.nn.functional
+def _live_case(shape, soft, weight, ls, red, dk, special):
+    """(x, t, w, head) of one grid point, NumPy."""
     rng = np.random.default_rng(abs(hash((shape, soft, weight, ls, red, dk, special))) % 2**32)
     cdim = 0 if len(shape) == 1 else 1
     c = shape[cdim]
@@ -190,17 +185,80 @@ def test_live_torch(shape, soft, weight, ls, red, dk, special):
     if w is not None:
         w = w.astype(dk)
     head = rng.standard_normal(tshape if red == "none" else ()).astype(dk)
+    return x, t, w, head
 
+
+def _torch_reference(x, t, w, head, red, ls):
+    """F.cross_entropy's loss and autograd gradient, as NumPy arrays."""
+    torch = pytest.importorskip("torch")
     xt = torch.from_numpy(x.copy()).requires_grad_()
-    tt = torch.from_numpy(t.copy())
     wt = None if w is None else torch.from_numpy(w.copy())
-    ref = functional.cross_entropy(xt, tt, wt, reduction=red, label_smoothing=ls)
+    ref = torch.nn.functional.cross_entropy(
+        xt, torch.from_numpy(t.copy()), wt, reduction=red, label_smoothing=ls
+    )
     ref.backward(torch.from_numpy(np.array(head)))
+    return ref.detach().numpy(), xt.grad.numpy()
+
+
+@pytest.mark.parametrize(
+    ("shape", "soft", "weight", "ls", "red", "dk", "special"),
+    list(_live_grid()),
+)
+def test_live_torch(shape, soft, weight, ls, red, dk, special):
+    x, t, w, head = _live_case(shape, soft, weight, ls, red, dk, special)
+    ref_loss, ref_grad = _torch_reference(x, t, w, head, red, ls)
     loss, grad = cross_entropy_with_grad(x, t, w, reduction=red, label_smoothing=ls, dloss=head)
     rtol, atol = (2e-5, 2e-6) if dk == "float32" else (1e-10, 1e-12)
-    np.testing.assert_allclose(loss, ref.detach().numpy(), rtol=rtol, atol=atol, equal_nan=True)
-    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=rtol, atol=atol, equal_nan=True)
+    np.testing.assert_allclose(loss, ref_loss, rtol=rtol, atol=atol, equal_nan=True)
+    np.testing.assert_allclose(grad, ref_grad, rtol=rtol, atol=atol, equal_nan=True)
     assert grad.dtype == x.dtype and np.asarray(loss).dtype == x.dtype
+
+
+def _torch_row_on_tensors(x, t, w, head, red, ls):
+    """The "torch" row of the semantics table run by the core on torch tensors: the path of
+    softmaxce.torch(semantics="torch") off the CPU kernels, and of its double backward."""
+    torch = pytest.importorskip("torch")
+    from softmaxce._options import loss_options
+    from softmaxce._problem import prepare
+    from softmaxce._run import run
+
+    opts = loss_options(reduction=red, label_smoothing=ls, semantics="torch")
+
+    def as_t(a):
+        return None if a is None else torch.from_numpy(np.array(a))
+
+    problem = prepare(as_t(x), as_t(t), opts, axis=0 if x.ndim == 1 else 1, weight=as_t(w))
+    loss, grad = run(problem, want_grad=True, dloss=as_t(head))
+    return loss.numpy(), grad.numpy()
+
+
+@pytest.mark.parametrize(
+    ("shape", "soft", "weight", "ls", "red", "dk", "special"),
+    [case for case in _live_grid() if case[5] == "float64"],
+)
+def test_live_torch_row_of_the_table_on_torch_tensors(shape, soft, weight, ls, red, dk, special):
+    x, t, w, head = _live_case(shape, soft, weight, ls, red, dk, special)
+    ref_loss, ref_grad = _torch_reference(x, t, w, head, red, ls)
+    loss, grad = _torch_row_on_tensors(x, t, w, head, red, ls)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-10, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-10, atol=1e-12, equal_nan=True)
+
+
+def test_issue_10_example_is_nan_in_torch_and_in_every_path_of_the_torch_row():
+    """x=[[0,-inf,1],[nan,0,1]], t=[0,-100], weight=[1,0,1], label_smoothing=0.1: PyTorch gives
+    NaN (0 * log 0 at the weight-0 class with the -inf logit); so does the one "torch" row,
+    through compat.pytorch and through the core on torch tensors."""
+    x = np.array([[0.0, -np.inf, 1.0], [np.nan, 0.0, 1.0]])
+    t = np.array([0, -100])
+    w = np.array([1.0, 0.0, 1.0])
+    loss, grad = cross_entropy_with_grad(x, t, w, label_smoothing=0.1)
+    assert np.isnan(loss) and np.isnan(cross_entropy(x, t, w, label_smoothing=0.1))
+    ref_loss, ref_grad = _torch_reference(x, t, w, np.array(1.0), "mean", 0.1)
+    assert np.isnan(ref_loss)
+    np.testing.assert_allclose(grad, ref_grad, rtol=1e-12, equal_nan=True)
+    on_tensors = _torch_row_on_tensors(x, t, w, np.array(1.0), "mean", 0.1)
+    assert np.isnan(on_tensors[0])
+    np.testing.assert_allclose(on_tensors[1], ref_grad, rtol=1e-12, equal_nan=True)
 
 
 @pytest.mark.parametrize("soft", [False, True])

@@ -7,8 +7,7 @@ soft_target_loss, dloss None / scalar / per position) in float16, float32 and fl
 
 from __future__ import annotations
 
-import importlib.util
-import os
+import dataclasses
 import zlib
 
 import numpy as np
@@ -62,8 +61,6 @@ CASES = {
 
 REDUCTIONS = ["none", "sum", "mean"]
 DTYPES = [np.float16, np.float32, np.float64]
-
-HAVE_NUMBA_KERNELS = importlib.util.find_spec("softmaxce._numba_kernels") is not None
 
 
 def _batch_shape(shape, axis):
@@ -170,16 +167,16 @@ def _freeze(*arrays):
             a.flags.writeable = False
 
 
-def check_fused(case, layout, dtype, reduction, dloss_kind, backend=None):
+def check_fused(impl, case, layout, dtype, reduction, dloss_kind):
+    """``impl``'s loss and gradient (and loss alone) against the reference, inputs untouched."""
+    impl.need(dtype)
     x, target, opts, dloss = make_case(case, layout, dtype, reduction, dloss_kind)
     x0, t0 = x.copy(), np.array(target, copy=True)
-    _freeze(x, target, opts.get("weight"), opts.get("where"))
-    kw = dict(opts)
-    if backend is not None:
-        kw["backend"] = backend
+    if impl.has("read-only"):
+        _freeze(x, target, opts.get("weight"), opts.get("where"))
 
-    loss, dx = sc.softmax_cross_entropy_with_grad(x, target, dloss=dloss, **kw)
-    loss_only = sc.softmax_cross_entropy(x, target, **kw)
+    loss, dx = impl.softmax_cross_entropy_with_grad(x, target, dloss=dloss, **opts)
+    loss_only = impl.softmax_cross_entropy(x, target, **opts)
     ref_loss, ref_dx = ref.softmax_cross_entropy(x, target, dloss=dloss, **opts)
 
     # inputs untouched
@@ -203,7 +200,7 @@ def check_fused(case, layout, dtype, reduction, dloss_kind, backend=None):
     assert dx.dtype == dt
 
     atol, rtol = TOLERANCES[dt]
-    where = f"{case}/{layout}/{reduction}/{dloss_kind}"
+    where = f"{impl}/{case}/{layout}/{reduction}/{dloss_kind}"
     record_error(dt, "loss", loss, ref_loss, where)
     record_error(dt, "grad", dx, ref_dx, where)
     np.testing.assert_allclose(np.asarray(loss, np.float64), ref_loss, rtol=rtol, atol=atol)
@@ -211,90 +208,79 @@ def check_fused(case, layout, dtype, reduction, dloss_kind, backend=None):
     np.testing.assert_allclose(dx.astype(np.float64), ref_dx, rtol=rtol, atol=atol)
 
 
+# numba compiles a kernel per dtype and option set (about 10 s each on a small machine) and JAX
+# eager compiles every operation per shape and dtype: by default they run these cases of the
+# grids (every case with SOFTMAXCE_TEST_FULL_GRID=1).
+NUMBA_CASES = ["everything_index", "everything_soft"]
+JAX_CASES = ["plain", "weight", "ignore_in_range", "where_column", "kl_index_smooth",
+             "soft_kl_smooth_weight", "everything_index", "everything_soft"]
+
+
 @pytest.mark.parametrize("dloss_kind", [None, "random"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_2d_vs_reference(case, reduction, dtype, dloss_kind):
-    check_fused(case, "2d", dtype, reduction, dloss_kind, backend="numpy")
+def test_fused_2d_vs_reference(impl, case, reduction, dtype, dloss_kind):
+    impl.sample(
+        numba=case in NUMBA_CASES and dtype == np.float32 and dloss_kind == "random",
+        jax=dloss_kind == "random",
+    )
+    check_fused(impl, case, "2d", dtype, reduction, dloss_kind)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("layout", ["2d_axis0", "3d_mid", "4d_mid", "1d"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_layouts_vs_reference(case, reduction, layout, dtype):
-    check_fused(case, layout, dtype, reduction, "random")
+def test_fused_layouts_vs_reference(impl, case, reduction, layout, dtype):
+    impl.sample(
+        numba=case in NUMBA_CASES and layout == "3d_mid" and reduction == "none",
+        jax=case in JAX_CASES and layout in ("3d_mid", "1d") and dtype == np.float64,
+    )
+    check_fused(impl, case, layout, dtype, reduction, "random")
 
 
-BACKEND_CASES = ["plain", "weight", "ignore", "soft_kl_smooth_weight", "everything_index",
-                 "everything_soft", "where_column"]
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("case", BACKEND_CASES)
-def test_fused_numpy_backend_3d_vs_reference(case, reduction, dtype):
-    check_fused(case, "3d_mid", dtype, reduction, "random", backend="numpy")
-
-
-# Every numba specialisation costs ~10 s of JIT compilation on a small machine, so by default
-# one combined case runs here (tests/test_numba_kernels.py covers the kernels); set
-# SOFTMAXCE_TEST_NUMBA_GRID=1 for the whole grid against the reference.
-NUMBA_GRID = os.environ.get("SOFTMAXCE_TEST_NUMBA_GRID") == "1"
-NUMBA_PARAMS = (
-    [(c, r, d) for c in BACKEND_CASES for r in REDUCTIONS for d in (np.float32, np.float64)]
-    if NUMBA_GRID else [("everything_index", "none", np.float32)]
-)
-
-
-@pytest.mark.skipif(not HAVE_NUMBA_KERNELS, reason="softmaxce._numba_kernels does not exist")
-@pytest.mark.parametrize(("case", "reduction", "dtype"), NUMBA_PARAMS,
-                         ids=[f"{c}-{r}-{np.dtype(d).name}" for c, r, d in NUMBA_PARAMS])
-def test_fused_numba_backend_vs_reference(case, reduction, dtype):
-    pytest.importorskip("numba")
-    check_fused(case, "3d_mid", dtype, reduction, "random", backend="numba")
-
-
+@pytest.mark.impls("numpy-core")
 @pytest.mark.parametrize("case", list(CASES))
-def test_default_backend_auto_vs_reference(case):
-    check_fused(case, "2d", np.float32, "mean", "random", backend="auto")
+def test_default_backend_auto_vs_reference(impl, case):
+    check_fused(dataclasses.replace(impl, backend="auto"), case, "2d", np.float32, "mean",
+                "random")
 
 
 # --- dtype handling ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("tdtype", [np.int8, np.uint8, np.int16, np.int32, np.int64, np.uint64])
-def test_integer_target_dtypes(tdtype):
+def test_integer_target_dtypes(impl, tdtype):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(5, 4))
     t = np.array([0, 3, 1, 2, 3], dtype=tdtype)
-    loss, dx = sc.softmax_cross_entropy_with_grad(x, t, reduction="none")
+    loss, dx = impl.softmax_cross_entropy_with_grad(x, t, reduction="none")
     rl, rdx = ref.softmax_cross_entropy(x, t.astype(np.int64), reduction="none")
     np.testing.assert_allclose(loss, rl, rtol=1e-12)
     np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("ldtype", [np.int32, np.int64, np.int8])
-def test_integer_logits_promote_to_float64(ldtype):
+def test_integer_logits_promote_to_float64(impl, ldtype):
     x = np.array([[1, 2, 3], [0, -2, 5]], dtype=ldtype)
     t = np.array([2, 0])
-    loss, dx = sc.softmax_cross_entropy_with_grad(x, t)
+    loss, dx = impl.softmax_cross_entropy_with_grad(x, t)
     assert loss.dtype == np.float64
     assert dx.dtype == np.float64
     rl, rdx = ref.softmax_cross_entropy(x, t)
     np.testing.assert_allclose(loss, rl, rtol=1e-13)
     np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-15)
-    none = sc.softmax_cross_entropy(x, t, reduction="none")
+    none = impl.softmax_cross_entropy(x, t, reduction="none")
     assert none.dtype == np.float64
 
 
-def test_float16_soft_target_with_float64_logits():
+def test_float16_soft_target_with_float64_logits(impl):
     """A soft target of another float dtype is accepted; the result follows the logits."""
     rng = np.random.default_rng(2)
     x = rng.normal(size=(4, 6))
     y = rng.dirichlet(np.ones(6), size=4).astype(np.float16)
-    loss, dx = sc.softmax_cross_entropy_with_grad(x, y)
+    loss, dx = impl.softmax_cross_entropy_with_grad(x, y)
     assert loss.dtype == np.float64 and dx.dtype == np.float64
     rl, rdx = ref.softmax_cross_entropy(x, y)
     np.testing.assert_allclose(loss, rl, rtol=1e-12)
@@ -302,13 +288,13 @@ def test_float16_soft_target_with_float64_logits():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_float16_32_accumulate_in_float32(dtype):
+def test_float16_32_accumulate_in_float32(impl, dtype):
     """A long row of equal logits: the loss is log(C). float16 accumulation of 4096 ones would
     stall at 2048 (log 2048 != log 4096); float32 accumulation gets it right."""
     C = 4096
     x = np.zeros((2, C), dtype=dtype)
     t = np.array([0, C - 1])
-    loss = sc.softmax_cross_entropy(x, t)
+    loss = impl.softmax_cross_entropy(x, t)
     assert loss.dtype == np.dtype(dtype)
     atol, rtol = TOLERANCES[np.dtype(dtype)]
     np.testing.assert_allclose(float(loss), np.log(C), rtol=rtol, atol=atol)
@@ -319,36 +305,36 @@ def test_float16_32_accumulate_in_float32(dtype):
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("form", ["float", "np.float32", "np.float64", "0-d array"])
-def test_dloss_scalar_forms(reduction, form):
+def test_dloss_scalar_forms(impl, reduction, form):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(4, 3)).astype(np.float32)
     t = np.array([0, 1, 2, 1])
     d = -1.75
     dloss = {"float": d, "np.float32": np.float32(d), "np.float64": np.float64(d),
              "0-d array": np.array(d)}[form]
-    _, g1 = sc.softmax_cross_entropy_with_grad(x, t, reduction=reduction)
-    _, gd = sc.softmax_cross_entropy_with_grad(x, t, reduction=reduction, dloss=dloss)
+    _, g1 = impl.softmax_cross_entropy_with_grad(x, t, reduction=reduction)
+    _, gd = impl.softmax_cross_entropy_with_grad(x, t, reduction=reduction, dloss=dloss)
     np.testing.assert_allclose(gd, d * g1, rtol=1e-6, atol=1e-7)
     _, rg = ref.softmax_cross_entropy(x, t, reduction=reduction, dloss=d)
     np.testing.assert_allclose(gd, rg, rtol=2e-5, atol=2e-6)
 
 
-def test_dloss_none_means_one():
+def test_dloss_none_means_one(impl):
     rng = np.random.default_rng(4)
     x = rng.normal(size=(3, 2, 5))
     t = rng.integers(0, 5, size=(3, 2))
-    _, g_none = sc.softmax_cross_entropy_with_grad(x, t, reduction="none")
-    _, g_ones = sc.softmax_cross_entropy_with_grad(x, t, reduction="none", dloss=np.ones((3, 2)))
+    _, g_none = impl.softmax_cross_entropy_with_grad(x, t, reduction="none")
+    _, g_ones = impl.softmax_cross_entropy_with_grad(x, t, reduction="none", dloss=np.ones((3, 2)))
     np.testing.assert_array_equal(g_none, g_ones)
-    _, g_mean = sc.softmax_cross_entropy_with_grad(x, t)
-    _, g_mean1 = sc.softmax_cross_entropy_with_grad(x, t, dloss=1.0)
+    _, g_mean = impl.softmax_cross_entropy_with_grad(x, t)
+    _, g_mean1 = impl.softmax_cross_entropy_with_grad(x, t, dloss=1.0)
     np.testing.assert_array_equal(g_mean, g_mean1)
 
 
-def test_dloss_zero_gives_zero_gradient():
+def test_dloss_zero_gives_zero_gradient(impl):
     x = np.random.default_rng(5).normal(size=(3, 4))
     t = np.array([0, 1, 3])
-    _, g = sc.softmax_cross_entropy_with_grad(x, t, reduction="sum", dloss=0.0)
+    _, g = impl.softmax_cross_entropy_with_grad(x, t, reduction="sum", dloss=0.0)
     np.testing.assert_array_equal(g, np.zeros_like(x))
 
 
@@ -358,12 +344,14 @@ def test_dloss_zero_gives_zero_gradient():
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", ["plain", "everything_index", "everything_soft", "soft_kl"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_inplace_writes_into_logits(case, reduction, dtype):
+def test_inplace_writes_into_logits(impl, case, reduction, dtype):
+    impl.need("inplace")
+    impl.sample(numba=case in NUMBA_CASES and dtype == np.float32)
     x, target, opts, dloss = make_case(case, "2d", dtype, reduction, "random", seed=7)
     x_in = x.copy()
-    loss_a, g_a = sc.softmax_cross_entropy_with_grad(x, target, dloss=dloss, **opts)
-    loss_b, g_b = sc.softmax_cross_entropy_with_grad(x_in, target, dloss=dloss, inplace=True,
-                                                     **opts)
+    loss_a, g_a = impl.softmax_cross_entropy_with_grad(x, target, dloss=dloss, **opts)
+    loss_b, g_b = impl.softmax_cross_entropy_with_grad(x_in, target, dloss=dloss, inplace=True,
+                                                       **opts)
     assert g_b is x_in
     assert g_b.dtype == np.dtype(dtype)
     atol, rtol = TOLERANCES[np.dtype(dtype)]
@@ -377,13 +365,14 @@ def test_inplace_writes_into_logits(case, reduction, dtype):
     np.testing.assert_allclose(x_in.astype(np.float64), ref_g, rtol=rtol, atol=atol)
 
 
-def test_inplace_on_3d_middle_axis_contiguous():
+def test_inplace_on_3d_middle_axis_contiguous(impl):
+    impl.need("inplace")
     rng = np.random.default_rng(8)
     x = rng.normal(size=(2, 5, 3))
     t = rng.integers(0, 5, size=(2, 3))
     _, ref_g = ref.softmax_cross_entropy(x, t, axis=1)
     buf = x.copy()
-    _, g = sc.softmax_cross_entropy_with_grad(buf, t, axis=1, inplace=True)
+    _, g = impl.softmax_cross_entropy_with_grad(buf, t, axis=1, inplace=True)
     assert g is buf
     np.testing.assert_allclose(buf, ref_g, rtol=1e-10, atol=1e-14)
 
@@ -392,61 +381,61 @@ def test_inplace_on_3d_middle_axis_contiguous():
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_ignored_rows_have_zero_loss_and_gradient(reduction):
+def test_ignored_rows_have_zero_loss_and_gradient(impl, reduction):
     rng = np.random.default_rng(9)
     x = rng.normal(size=(5, 4))
     t = np.array([1, -100, 2, -100, 0])
-    loss, g = sc.softmax_cross_entropy_with_grad(x, t, reduction="none")
+    loss, g = impl.softmax_cross_entropy_with_grad(x, t, reduction="none")
     assert loss[1] == 0 and loss[3] == 0
     assert np.all(g[[1, 3]] == 0)
-    loss_m = sc.softmax_cross_entropy(x, t)
-    kept = sc.softmax_cross_entropy(x[[0, 2, 4]], t[[0, 2, 4]])
+    loss_m = impl.softmax_cross_entropy(x, t)
+    kept = impl.softmax_cross_entropy(x[[0, 2, 4]], t[[0, 2, 4]])
     np.testing.assert_allclose(loss_m, kept, rtol=1e-13)
 
 
-def test_ignore_index_in_range_ignores_that_class():
+def test_ignore_index_in_range_ignores_that_class(impl):
     rng = np.random.default_rng(10)
     x = rng.normal(size=(6, 4))
     t = np.array([0, 2, 1, 2, 3, 2])
-    loss, g = sc.softmax_cross_entropy_with_grad(x, t, ignore_index=2)
+    loss, g = impl.softmax_cross_entropy_with_grad(x, t, ignore_index=2)
     keep = t != 2
-    l2, g2 = sc.softmax_cross_entropy_with_grad(x[keep], t[keep])
+    l2, g2 = impl.softmax_cross_entropy_with_grad(x[keep], t[keep])
     np.testing.assert_allclose(loss, l2, rtol=1e-13)
     np.testing.assert_allclose(g[keep], g2, rtol=1e-12, atol=1e-15)
     assert np.all(g[~keep] == 0)
 
 
-def test_ignore_index_is_not_applied_to_float_targets():
+def test_ignore_index_is_not_applied_to_float_targets(impl):
     """ignore_index concerns integer targets only: a soft row is never ignored."""
     x = np.array([[0.5, -1.0, 2.0], [1.0, 0.0, -1.0]])
     y = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
     for ii in (0, 2, -100):
-        loss = sc.softmax_cross_entropy(x, y, ignore_index=ii, reduction="none")
+        loss = impl.softmax_cross_entropy(x, y, ignore_index=ii, reduction="none")
         rl, _ = ref.softmax_cross_entropy(x, y, reduction="none")
         np.testing.assert_allclose(loss, rl, rtol=1e-13)
 
 
 @pytest.mark.parametrize("soft", [False, True])
-def test_where_row_without_allowed_class_is_like_ignored(soft):
+def test_where_row_without_allowed_class_is_like_ignored(impl, soft):
     x = np.array([[0.3, 1.0, -2.0], [2.0, 0.0, 1.0], [0.0, 0.5, 0.25]])
     where = np.array([[True, True, False], [False, False, False], [True, True, True]])
     t = np.array([1, 0, 2])
     if soft:
         t = np.array([[0.3, 0.7, 0.0], [0.5, 0.5, 0.0], [0.1, 0.2, 0.7]])
-    loss, g = sc.softmax_cross_entropy_with_grad(x, t, where=where, reduction="none")
+    loss, g = impl.softmax_cross_entropy_with_grad(x, t, where=where, reduction="none")
     assert loss[1] == 0
     assert np.all(g[1] == 0)
-    mean, gm = sc.softmax_cross_entropy_with_grad(x, t, where=where)
+    mean, gm = impl.softmax_cross_entropy_with_grad(x, t, where=where)
     np.testing.assert_allclose(mean, (loss[0] + loss[2]) / 2, rtol=1e-13)
     assert np.all(np.isfinite(gm))
     assert np.all(gm[0, 2] == 0)  # excluded class: gradient 0
 
 
-def test_masked_out_target_class_gives_inf_loss_finite_gradient():
+def test_masked_out_target_class_gives_inf_loss_finite_gradient(impl):
     x = np.array([[0.3, 1.0, -2.0], [2.0, 0.0, 1.0]])
     where = np.array([[True, True, False], [True, True, True]])
     t = np.array([2, 0])
-    loss, g = sc.softmax_cross_entropy_with_grad(x, t, where=where, reduction="none")
+    loss, g = impl.softmax_cross_entropy_with_grad(x, t, where=where, reduction="none")
     assert loss[0] == np.inf
     assert np.isfinite(loss[1])
     assert np.all(np.isfinite(g))
@@ -454,14 +443,14 @@ def test_masked_out_target_class_gives_inf_loss_finite_gradient():
     np.testing.assert_allclose(g, rg, rtol=1e-12, atol=1e-15)
 
 
-def test_where_smoothing_spreads_over_allowed_classes_only():
+def test_where_smoothing_spreads_over_allowed_classes_only(impl):
     """eps / |A_i| on allowed classes: masking a class that has +1e3 logit changes nothing."""
     x = np.array([[0.2, -0.4, 1.1, 7.0]])
     where = np.array([[True, True, True, False]])
     t = np.array([2])
     eps = 0.3
-    loss = sc.softmax_cross_entropy(x, t, where=where, label_smoothing=eps)
-    sliced = sc.softmax_cross_entropy(x[:, :3], t, label_smoothing=eps)
+    loss = impl.softmax_cross_entropy(x, t, where=where, label_smoothing=eps)
+    sliced = impl.softmax_cross_entropy(x[:, :3], t, label_smoothing=eps)
     np.testing.assert_allclose(loss, sliced, rtol=1e-13)
     lp = x[0, :3] - np.log(np.sum(np.exp(x[0, :3])))
     expected = -(1 - eps) * lp[2] - eps / 3 * lp.sum()
@@ -469,68 +458,68 @@ def test_where_smoothing_spreads_over_allowed_classes_only():
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_empty_batch(reduction):
+def test_empty_batch(impl, reduction):
     x = np.zeros((0, 4), dtype=np.float32)
     t = np.zeros((0,), dtype=np.int64)
-    loss, g = sc.softmax_cross_entropy_with_grad(x, t, reduction=reduction)
+    loss, g = impl.softmax_cross_entropy_with_grad(x, t, reduction=reduction)
     assert loss == 0 and loss.dtype == np.float32
     assert g.shape == (0, 4) and g.dtype == np.float32
-    none = sc.softmax_cross_entropy(x, t, reduction="none")
+    none = impl.softmax_cross_entropy(x, t, reduction="none")
     assert none.shape == (0,)
 
 
-def test_mean_denominator_uses_target_before_smoothing_and_weights():
+def test_mean_denominator_uses_target_before_smoothing_and_weights(impl):
     x = np.array([[0.0, 1.0, 2.0], [1.0, -1.0, 0.0], [3.0, 0.0, 0.0]])
     t = np.array([0, 2, -100])
     w = np.array([0.5, 1.0, 4.0])
     eps = 0.2
-    none = sc.softmax_cross_entropy(x, t, weight=w, label_smoothing=eps, reduction="none")
-    mean = sc.softmax_cross_entropy(x, t, weight=w, label_smoothing=eps)
+    none = impl.softmax_cross_entropy(x, t, weight=w, label_smoothing=eps, reduction="none")
+    mean = impl.softmax_cross_entropy(x, t, weight=w, label_smoothing=eps)
     np.testing.assert_allclose(mean, (none[0] + none[1]) / (0.5 + 4.0), rtol=1e-13)
 
 
-def test_mean_with_soft_targets_divides_by_weighted_target_mass():
+def test_mean_with_soft_targets_divides_by_weighted_target_mass(impl):
     x = np.array([[0.0, 1.0, 2.0], [1.0, -1.0, 0.0]])
     y = np.array([[0.2, 0.3, 0.5], [2.0, 0.0, 0.0]])  # the second row sums to 2
     w = np.array([1.5, 1.0, 0.5])
-    none = sc.softmax_cross_entropy(x, y, weight=w, reduction="none")
-    mean = sc.softmax_cross_entropy(x, y, weight=w)
+    none = impl.softmax_cross_entropy(x, y, weight=w, reduction="none")
+    mean = impl.softmax_cross_entropy(x, y, weight=w)
     W = 1.5 * 0.2 + 0.3 + 0.5 * 0.5 + 1.5 * 2.0
     np.testing.assert_allclose(mean, none.sum() / W, rtol=1e-13)
 
 
-def test_zero_weight_sum_gives_zero_not_nan():
+def test_zero_weight_sum_gives_zero_not_nan(impl):
     """Every target class has weight 0: W = 0 -> loss 0 and gradient 0, even with smoothing."""
     x = np.array([[0.0, 1.0, 2.0], [1.0, -1.0, 0.0]])
     t = np.array([0, 0])
     w = np.array([0.0, 1.0, 1.0])
-    loss, g = sc.softmax_cross_entropy_with_grad(x, t, weight=w, label_smoothing=0.1)
+    loss, g = impl.softmax_cross_entropy_with_grad(x, t, weight=w, label_smoothing=0.1)
     assert loss == 0 and not np.isnan(loss)
     assert np.all(g == 0)
 
 
-def test_soft_target_gradient_exact_for_unnormalized_rows():
+def test_soft_target_gradient_exact_for_unnormalized_rows(impl):
     """SPEC: the gradient is p * sum(q) - q, not p - q."""
     x = np.array([[0.1, 0.7, -0.3]])
     y = np.array([[0.5, 1.0, 1.5]])
-    _, g = sc.softmax_cross_entropy_with_grad(x, y, reduction="sum")
+    _, g = impl.softmax_cross_entropy_with_grad(x, y, reduction="sum")
     p = np.exp(x - np.log(np.exp(x).sum()))
     np.testing.assert_allclose(g, p * 3.0 - y, rtol=1e-12, atol=1e-15)
 
 
-def test_nan_and_posinf_logits_give_nan_loss_without_error():
+def test_nan_and_posinf_logits_give_nan_loss_without_error(impl):
     x = np.array([[0.0, np.nan, 1.0], [0.0, np.inf, 1.0], [0.0, 1.0, 2.0]])
     t = np.array([0, 2, 1])
-    none = sc.softmax_cross_entropy(x, t, reduction="none")
+    none = impl.softmax_cross_entropy(x, t, reduction="none")
     assert np.isnan(none[0]) and np.isnan(none[1]) and np.isfinite(none[2])
-    assert np.isnan(sc.softmax_cross_entropy(x, t))
-    loss, _ = sc.softmax_cross_entropy_with_grad(x, t, reduction="sum")
+    assert np.isnan(impl.softmax_cross_entropy(x, t))
+    loss, _ = impl.softmax_cross_entropy_with_grad(x, t, reduction="sum")
     assert np.isnan(loss)
 
 
-def test_neginf_logit_on_non_target_is_harmless():
+def test_neginf_logit_on_non_target_is_harmless(impl):
     x = np.array([[0.0, -np.inf, 1.0]])
-    loss, g = sc.softmax_cross_entropy_with_grad(x, np.array([2]), reduction="sum")
+    loss, g = impl.softmax_cross_entropy_with_grad(x, np.array([2]), reduction="sum")
     np.testing.assert_allclose(loss, np.log1p(np.exp(-1.0)), rtol=1e-14)
     assert g[0, 1] == 0
     np.testing.assert_allclose(g[0], [1 / (1 + np.e), 0.0, -1 / (1 + np.e)], rtol=1e-14)
@@ -542,11 +531,11 @@ def test_list_inputs_are_accepted():
     np.testing.assert_allclose(loss, rl, rtol=1e-13)
 
 
-def test_soft_target_mass_on_masked_class_gives_inf():
+def test_soft_target_mass_on_masked_class_gives_inf(impl):
     x = np.array([[0.3, 1.0, -2.0], [2.0, 0.0, 1.0]])
     where = np.array([[True, True, False], [True, True, True]])
     y = np.array([[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]])
-    loss, g = sc.softmax_cross_entropy_with_grad(x, y, where=where, reduction="none")
+    loss, g = impl.softmax_cross_entropy_with_grad(x, y, where=where, reduction="none")
     assert loss[0] == np.inf
     assert np.isfinite(loss[1])
     assert np.all(np.isfinite(g))
@@ -555,15 +544,15 @@ def test_soft_target_mass_on_masked_class_gives_inf():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_where_row_mask_broadcast(dtype):
+def test_where_row_mask_broadcast(impl, dtype):
     """where of shape (N, 1): rows switched off entirely behave like ignored rows."""
     rng = np.random.default_rng(22)
     x = rng.normal(size=(5, 4)).astype(dtype)
     t = np.array([0, 1, 2, 3, 0])
     rowmask = np.array([[True], [False], [True], [False], [True]])
-    loss, g = sc.softmax_cross_entropy_with_grad(x, t, where=rowmask, label_smoothing=0.1)
+    loss, g = impl.softmax_cross_entropy_with_grad(x, t, where=rowmask, label_smoothing=0.1)
     keep = rowmask[:, 0]
-    l2, g2 = sc.softmax_cross_entropy_with_grad(x[keep], t[keep], label_smoothing=0.1)
+    l2, g2 = impl.softmax_cross_entropy_with_grad(x[keep], t[keep], label_smoothing=0.1)
     atol, rtol = TOLERANCES[np.dtype(dtype)]
     np.testing.assert_allclose(float(loss), float(l2), rtol=rtol, atol=atol)
     np.testing.assert_allclose(g[keep].astype(np.float64), g2.astype(np.float64), rtol=rtol,
@@ -594,7 +583,7 @@ def test_auto_backend_on_a_larger_problem(soft):
 
 @pytest.mark.parametrize("kl", [False, True])
 @pytest.mark.parametrize("soft", [False, True])
-def test_full_smoothing_with_masked_target_is_finite(soft, kl):
+def test_full_smoothing_with_masked_target_is_finite(impl, soft, kl):
     """eps = 1 puts (1 - eps) = 0 on a masked-out target class: q is uniform over the allowed
     classes and the loss is finite (0 * inf terms are 0)."""
     x = np.array([[0.3, 1.0, -2.0, 0.5], [2.0, 0.0, 1.0, -1.0]])
@@ -604,8 +593,145 @@ def test_full_smoothing_with_masked_target_is_finite(soft, kl):
     opts = {"where": where, "label_smoothing": 1.0, "reduction": "none"}
     if kl:
         opts["soft_target_loss"] = "kl-divergence"
-    loss, g = sc.softmax_cross_entropy_with_grad(x, target, **opts)
+    loss, g = impl.softmax_cross_entropy_with_grad(x, target, **opts)
     rl, rg = ref.softmax_cross_entropy(x, target, **opts)
     assert np.all(np.isfinite(loss))
     np.testing.assert_allclose(loss, rl, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(g, rg, rtol=1e-12, atol=1e-15)
+
+
+# --- the input's kind and device; autograd and tracing -----------------------------------------
+
+
+def _public_calls():
+    """(name, NumPy arguments) of every public function of arrays."""
+    rng = np.random.default_rng(30)
+    x = rng.normal(size=(4, 5))
+    p = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    t = np.array([0, 4, 2, 1])
+    return [
+        ("softmax", (x,)), ("log_softmax", (x,)), ("logsumexp", (x,)),
+        ("softmax_vjp", (p, x)), ("log_softmax_vjp", (np.log(p), x)),
+        ("softmax_jacobian", (p,)), ("cross_entropy", (p, t)),
+        ("cross_entropy_vjp", (p, t, np.array(1.0))), ("softmax_cross_entropy", (x, t)),
+        ("softmax_cross_entropy_with_grad", (x, p)),
+    ]
+
+
+def _check_kind_and_device(impl, device=None):
+    from array_api_compat import device as device_of
+
+    for name, args in _public_calls():
+        native = [impl.to(a) for a in args]
+        if device is not None:
+            native = [impl.on(a, device) for a in native]
+        out = getattr(sc, name)(*native)
+        for o in out if isinstance(out, tuple) else (out,):
+            assert isinstance(o, impl.array_type), (name, type(o))
+            assert device_of(o) == device_of(native[0]), (name, device_of(o))
+
+
+@pytest.mark.impls("torch", "jax", "array-api-strict")
+def test_every_public_function_returns_the_input_kind_on_its_device(impl):
+    _check_kind_and_device(impl)
+
+
+@pytest.mark.impls("torch", "array-api-strict")
+def test_arrays_on_another_device_stay_there(impl):
+    """torch's "meta" device (shapes without data) and array-api-strict's simulated
+    "device1": nothing is moved to the CPU, nor read there."""
+    _check_kind_and_device(impl, device="meta" if impl.name == "torch" else "device1")
+
+
+TORCH_CASES = ["plain", "weight", "ignore", "smooth_weight", "z_loss", "softcap", "where_random",
+               "kl_index_smooth", "soft_kl_smooth_weight", "soft_where", "everything_index",
+               "everything_soft"]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("case", TORCH_CASES)
+def test_torch_loss_is_differentiable_by_autograd_to_second_order(case, reduction):
+    """The core on float64 torch tensors: autograd's gradient (gradcheck) and the gradient of
+    that gradient (gradgradcheck) agree with finite differences, and autograd's gradient is
+    the fused one."""
+    torch = pytest.importorskip("torch")
+    x, target, opts, dloss = make_case(case, "2d", np.float64, reduction, "random")
+    kw = {k: torch.asarray(v) if isinstance(v, np.ndarray) else v for k, v in opts.items()}
+    t = torch.asarray(target)
+    xt = torch.asarray(x).requires_grad_()
+
+    def f(v):
+        return sc.softmax_cross_entropy(v, t, **kw)
+
+    assert torch.autograd.gradcheck(f, (xt,))
+    assert torch.autograd.gradgradcheck(f, (xt,))
+    up = torch.asarray(np.asarray(dloss, dtype=np.float64))
+    (g,) = torch.autograd.grad(f(xt), xt, grad_outputs=up)
+    _, fused = sc.softmax_cross_entropy_with_grad(xt.detach(), t, dloss=up, **kw)
+    torch.testing.assert_close(g, fused, rtol=1e-12, atol=1e-14)
+
+
+JAX_TRACE_CASES = ["plain", "ignore", "smooth_weight", "where_random", "everything_index",
+                   "everything_soft"]
+
+
+@pytest.mark.parametrize("case", JAX_TRACE_CASES)
+def test_jax_core_traces_under_jit_and_grad(case):
+    """The core has no data-dependent Python control flow: jax.jit of the loss, jax.grad and
+    jit(grad) give the eager loss and the fused gradient."""
+    jax = pytest.importorskip("jax")
+    jnp = pytest.importorskip("jax.numpy")
+    if not jax.config.jax_enable_x64:
+        pytest.skip("float64 needs jax_enable_x64")
+    x, target, opts, _ = make_case(case, "2d", np.float64, "mean", None)
+    arrays = {k: jnp.asarray(v) for k, v in opts.items() if isinstance(v, np.ndarray)}
+    scalars = {k: v for k, v in opts.items() if k not in arrays}
+
+    def f(v, t, arrays):
+        return sc.softmax_cross_entropy(v, t, **arrays, **scalars)
+
+    xj, tj = jnp.asarray(x), jnp.asarray(target)
+    loss, fused = sc.softmax_cross_entropy_with_grad(xj, tj, **arrays, **scalars)
+    np.testing.assert_allclose(jax.jit(f)(xj, tj, arrays), loss, rtol=1e-13)
+    np.testing.assert_allclose(jax.grad(f)(xj, tj, arrays), fused, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(jax.jit(jax.grad(f))(xj, tj, arrays), fused, rtol=1e-12,
+                               atol=1e-14)
+
+
+# --- regressions of the core on other array libraries ----------------------------------------
+
+
+@pytest.mark.impls("torch", "jax", "array-api-strict")
+def test_mean_of_unweighted_index_targets_counts_rows_without_summing_bools(impl):
+    """The mean's row count was a sum of a bool array, which the Array API does not allow
+    (array-api-strict raised TypeError)."""
+    x = np.random.default_rng(31).normal(size=(5, 3))
+    t = np.array([0, 2, -100, 1, 2])
+    loss, g = impl.softmax_cross_entropy_with_grad(x, t)
+    ref_loss, ref_g = ref.softmax_cross_entropy(x, t)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-13)
+    np.testing.assert_allclose(g, ref_g, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.impls("torch", "jax", "array-api-strict")
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_python_float_dloss_is_not_rounded_to_float32(impl, reduction):
+    """A Python float dloss became torch's default float32 before scaling float64 gradients."""
+    x = np.random.default_rng(32).normal(size=(3, 4))
+    t = np.array([1, 0, 3])
+    dloss = 1 / 3
+    _, g = impl.softmax_cross_entropy_with_grad(x, t, reduction=reduction, dloss=dloss)
+    _, ref_g = ref.softmax_cross_entropy(x, t, reduction=reduction, dloss=dloss)
+    np.testing.assert_allclose(g, ref_g, rtol=1e-13, atol=1e-16)
+
+
+@pytest.mark.impls("array-api-strict")
+def test_no_numpy_floating_point_warning_leaks_through_array_api_strict(impl):
+    """array-api-strict computes with NumPy: log(0) and inf - inf are results here, and the
+    public functions silence NumPy's warnings for it as for NumPy (pytest makes them errors)."""
+    x = np.array([[0.0, -np.inf, 1.0], [np.inf, 0.0, 1.0], [np.nan, 0.0, 0.0]])
+    y = np.array([[0.5, 0.0, 0.5], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    for target in (np.array([0, 1, 2]), y):
+        impl.softmax_cross_entropy_with_grad(x, target, reduction="none")
+    impl.log_softmax(x)
+    impl.cross_entropy(np.array([[0.0, 1.0]]), np.array([[0.5, 0.5]]))

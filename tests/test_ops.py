@@ -286,3 +286,23 @@ def test_softmax_cross_entropy_op_all_cases_float64(case):
     ref_loss, ref_g = ref.softmax_cross_entropy(x, target, dloss=dloss, **opts)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(op.backward(dloss), ref_g, rtol=1e-10, atol=1e-12)
+
+
+def test_softmax_cross_entropy_op_builds_its_options_once(monkeypatch):
+    """The options are validated and built in __init__; forward only checks the arrays and
+    runs (no _api.fused shim, no second loss_options)."""
+    from softmaxce import _api
+
+    op = ops.SoftmaxCrossEntropy(label_smoothing=0.1, reduction="sum")
+
+    def refused(*args, **kwargs):
+        raise AssertionError("options built again at forward")
+
+    monkeypatch.setattr(_api, "fused", refused)
+    monkeypatch.setattr(ops, "loss_options", refused, raising=False)
+    x = _x((4, 5), np.float64, seed=6)
+    t = np.array([0, 4, 2, 1])
+    loss = op.forward(x, t)
+    ref_loss, ref_g = ref.softmax_cross_entropy(x, t, reduction="sum", label_smoothing=0.1)
+    _close(loss, ref_loss, np.float64)
+    _close(op.backward(), ref_g, np.float64)

@@ -1,9 +1,10 @@
 """Numerics that were silently wrong (issue 9, items 8, 11, 13, 14, 15), on every backend.
 
-Each test runs the NumPy core and the numba kernel (``backend="numpy"`` / ``"numba"``), in
-place and not where a gradient is written, and compares with an mpmath reference computed at 50
-digits from the very inputs (exactly representable in the tested dtype). Tolerances are a few
-units of the dtype's epsilon (or of its smallest subnormal, for results below the normal range).
+Each test runs on every implementation (the ``impl`` fixture: the core on NumPy, torch, JAX and
+array-api-strict, and the numba kernel), in place and not (NumPy) where a gradient is written,
+and compares with an mpmath reference computed at 50 digits from the very inputs (exactly
+representable in the tested dtype). Tolerances are a few units of the dtype's epsilon (or of its
+smallest subnormal, for results below the normal range).
 """
 
 from __future__ import annotations
@@ -20,10 +21,6 @@ import softmaxce as sc
 from softmaxce._core import softmax as core_softmax
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
-BACKENDS = [
-    "numpy",
-    pytest.param("numba", marks=pytest.mark.skipif(not HAVE_NUMBA, reason="numba missing")),
-]
 INPLACE = [pytest.param(False, id="copy"), pytest.param(True, id="inplace")]
 
 
@@ -93,15 +90,15 @@ def mp_reference(x, target, *, reduction="mean", dloss=1.0, **opts):
     return np.array(value), np.array(grad)
 
 
-def run(x, target, backend, inplace, **opts):
+def run(x, target, impl, inplace, **opts):
     """(loss, gradient) of softmax_cross_entropy_with_grad; the loss-only function must agree."""
+    if inplace:
+        impl.need("inplace")
     xin = x.copy()
-    loss, grad = sc.softmax_cross_entropy_with_grad(
-        xin, target, inplace=inplace, backend=backend, **opts
-    )
+    loss, grad = impl.softmax_cross_entropy_with_grad(xin, target, inplace=inplace, **opts)
     assert (grad is xin) == inplace
     opts.pop("dloss", None)
-    loss_only = sc.softmax_cross_entropy(x, target, backend=backend, **opts)
+    loss_only = impl.softmax_cross_entropy(x, target, **opts)
     np.testing.assert_array_equal(loss_only, loss)
     return np.asarray(loss, dtype=np.float64), grad.astype(np.float64)
 
@@ -114,7 +111,6 @@ def assert_close(actual, exact, rtol, atol=0.0):
 # item 8: options beyond the float32 range
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     ("dtype", "cap"),
     [
@@ -126,33 +122,33 @@ def assert_close(actual, exact, rtol, atol=0.0):
         (np.float64, 1e308),
     ],
 )
-def test_softcap_beyond_the_accumulation_range_is_rejected(backend, dtype, cap):
+def test_softcap_beyond_the_accumulation_range_is_rejected(impl, dtype, cap):
     x = np.zeros((2, 3), dtype=dtype)
     acc = np.promote_types(dtype, np.float32)
     tiny = np.finfo(acc).tiny
+    lib = r"(\w+\.)?"  # the dtype as the array library spells it: float32, torch.float32
     match = (
-        re.escape(
-            f"softcap must be in [{float(tiny):.7g}, {1 / float(tiny):.7g}] for "
-            f"{np.dtype(dtype).name} logits, which are computed in {acc.name}"
-        )
+        re.escape(f"softcap must be in [{float(tiny):.7g}, {1 / float(tiny):.7g}] for ")
+        + f"{lib}{np.dtype(dtype).name} logits, which are computed in {lib}{acc.name}"
         + f".*got {re.escape(repr(cap))}$"
     )
     with pytest.raises(ValueError, match=match):
-        sc.softmax_cross_entropy(x, np.array([0, 1]), softcap=cap, backend=backend)
+        impl.softmax_cross_entropy(x, np.array([0, 1]), softcap=cap)
     with pytest.raises(ValueError, match=match):
-        sc.softmax_cross_entropy_with_grad(x, np.array([0, 1]), softcap=cap, backend=backend)
+        impl.softmax_cross_entropy_with_grad(x, np.array([0, 1]), softcap=cap)
 
 
 @pytest.mark.parametrize("inplace", INPLACE)
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("end", ["tiny", "huge"])
-def test_softcap_at_the_ends_of_the_range_matches_mpmath(end, dtype, backend, inplace):
+def test_softcap_at_the_ends_of_the_range_matches_mpmath(impl, end, dtype, inplace):
+    if end == "huge":
+        impl.need("subnormals")  # x / softcap is subnormal
     tiny = float(np.finfo(dtype).tiny)
     cap = tiny if end == "tiny" else 1.0 / tiny
     x = np.array([[3.0, -1.5, 0.0, 2.0], [0.0, 0.5, -2.0, 1.0]], dtype=dtype)
     t = np.array([1, 3])
-    loss, grad = run(x, t, backend, inplace, softcap=cap)
+    loss, grad = run(x, t, impl, inplace, softcap=cap)
     ref_loss, ref_grad = mp_reference(x, t, softcap=cap)
     assert np.isfinite(loss) and np.isfinite(grad).all()
     assert_close(loss, ref_loss, 8 * eps_of(dtype))
@@ -160,24 +156,22 @@ def test_softcap_at_the_ends_of_the_range_matches_mpmath(end, dtype, backend, in
 
 
 @pytest.mark.parametrize("inplace", INPLACE)
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_huge_z_loss_on_a_row_with_zero_lse_gives_zero(dtype, backend, inplace):
+def test_huge_z_loss_on_a_row_with_zero_lse_gives_zero(impl, dtype, inplace):
     # lse = log(exp(0) + exp(-inf)) = 0 exactly, so z_loss * lse**2 = 0 and the gradient is 0:
     # 1e39 is inf in float32, and inf * 0 was NaN (core) or dropped only by luck (numba).
     x = np.array([[0.0, -np.inf], [-np.inf, 0.0]], dtype=dtype)
-    loss, grad = run(x, np.array([0, 1]), backend, inplace, z_loss=1e39)
+    loss, grad = run(x, np.array([0, 1]), impl, inplace, z_loss=1e39)
     assert loss == 0.0
     np.testing.assert_array_equal(grad, np.zeros((2, 2)))
 
 
 @pytest.mark.parametrize("inplace", INPLACE)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_z_loss_beyond_float32_is_exact_in_float64(backend, inplace):
+def test_z_loss_beyond_float32_is_exact_in_float64(impl, inplace):
     # float64 logits: z_loss = 1e300 still gives a finite loss and gradient (float64 math)
     x = np.array([[0.5, -1.0, 0.25], [0.0, -np.inf, -np.inf]])
     t = np.array([0, 0])
-    loss, grad = run(x, t, backend, inplace, z_loss=1e300, reduction="sum")
+    loss, grad = run(x, t, impl, inplace, z_loss=1e300, reduction="sum")
     ref_loss, ref_grad = mp_reference(x, t, z_loss=1e300, reduction="sum")
     assert_close(loss, ref_loss, 8 * eps_of(np.float64))
     assert_close(grad, ref_grad, 8 * eps_of(np.float64))
@@ -192,9 +186,11 @@ TINY_WEIGHTS = {
 
 @pytest.mark.parametrize("soft", [False, True], ids=["index", "soft"])
 @pytest.mark.parametrize("inplace", INPLACE)
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
-def test_tiny_class_weights_give_the_weighted_mean(dtype, backend, inplace, soft):
+def test_tiny_class_weights_give_the_weighted_mean(request, impl, dtype, inplace, soft):
+    if not impl.numpy:
+        reason = "only NumPy class weights are rescaled by a power of two (docs/internals.md)"
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
     # the mean does not depend on the weights' scale (z_loss included, which is not weighted:
     # the mean divides it by W as well); it was 0 with NaN gradients
     weight = np.array(TINY_WEIGHTS[dtype])
@@ -203,7 +199,7 @@ def test_tiny_class_weights_give_the_weighted_mean(dtype, backend, inplace, soft
     target = np.eye(3, dtype=dtype)[t] if soft else t
     opts = {"weight": weight, "label_smoothing": 0.1}
     z_loss = 1e-52 if dtype != np.float64 else 1e-320  # z_loss / W of order 1
-    loss, grad = run(x, target, backend, inplace, z_loss=z_loss, **opts)
+    loss, grad = run(x, target, impl, inplace, z_loss=z_loss, **opts)
     ref_loss, ref_grad = mp_reference(x, t, weight=weight, eps=0.1, z_loss=z_loss)
     tol = (4 if dtype == np.float16 else 8) * eps_of(dtype)
     assert_close(loss, ref_loss, tol)
@@ -230,9 +226,8 @@ def test_tiny_class_weights_give_the_weighted_mean_of_cross_entropy_on_probabili
 
 
 @pytest.mark.parametrize("inplace", INPLACE)
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["sum", "none"])
-def test_tiny_class_weights_with_sum_and_none_stay_tiny(reduction, backend, inplace):
+def test_tiny_class_weights_with_sum_and_none_stay_tiny(impl, reduction, inplace):
     # The documented choice: "sum" and "none" are proportional to the weights, nothing is
     # rescaled there. Tiny weights give weighted terms below float32's range (rounded to 0),
     # and the unweighted z-loss term is kept exactly; never NaN.
@@ -240,7 +235,7 @@ def test_tiny_class_weights_with_sum_and_none_stay_tiny(reduction, backend, inpl
     x = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]], dtype=np.float32)
     t = np.array([0, 1])
     opts = {"weight": weight, "reduction": reduction, "z_loss": 0.01}
-    loss, grad = run(x, t, backend, inplace, **opts)
+    loss, grad = run(x, t, impl, inplace, **opts)
     mp_opts = {k: v for k, v in opts.items() if k != "reduction"}
     ref_loss, ref_grad = mp_reference(x, t, reduction=reduction, **mp_opts)
     tol = 8 * eps_of(np.float32)
@@ -253,13 +248,12 @@ def test_tiny_class_weights_with_sum_and_none_stay_tiny(reduction, backend, inpl
 
 
 @pytest.mark.parametrize("inplace", INPLACE)
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(
     "case", ["zero_weight", "all_ignored", "zero_soft_mass", "zero_weight_axis0"]
 )
 def test_zero_weight_mass_with_nan_logits_gives_zero_loss_and_gradient(
-    case, dtype, backend, inplace
+    impl, case, dtype, inplace
 ):
     # SPEC: W == 0 gives loss 0 and gradient 0, never NaN, whatever the logits
     x = np.array([[np.nan, 0.0, 0.0], [0.0, 1.0, np.inf]], dtype=dtype)
@@ -272,7 +266,7 @@ def test_zero_weight_mass_with_nan_logits_gives_zero_loss_and_gradient(
         target = np.zeros((2, 3), dtype=dtype)
     if case.endswith("axis0"):
         x, opts["axis"] = np.ascontiguousarray(x.T), 0
-    loss, grad = run(x, target, backend, inplace, **opts)
+    loss, grad = run(x, target, impl, inplace, **opts)
     assert loss == 0.0
     np.testing.assert_array_equal(grad, np.zeros(x.shape))
 
@@ -282,17 +276,16 @@ def test_zero_weight_mass_with_nan_logits_gives_zero_loss_and_gradient(
 
 
 @pytest.mark.parametrize("inplace", INPLACE)
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("u", [0.25, 4.5, 9.0, 20.0, 40.0, 300.0])
-def test_softcap_gradient_has_no_cancellation(u, dtype, backend, inplace):
+def test_softcap_gradient_has_no_cancellation(impl, u, dtype, inplace):
     # dz/dx = 1 / cosh(x / cap)**2; 1 - tanh**2 gave 100% error once tanh rounded to 1
     # (float32 u = 9: 0; float64 u = 20: 0 instead of 1.2e-17). cap is a power of two, so
     # u = x / cap is exact; the relative sensitivity of sech(u)**2 to u is 2u, hence 2u eps.
     cap = 4.0
     x = np.array([[u * cap, 0.0, -u * cap], [-u * cap, 1.0, u * cap]], dtype=dtype)
     t = np.array([1, 2])
-    loss, grad = run(x, t, backend, inplace, softcap=cap, reduction="sum")
+    loss, grad = run(x, t, impl, inplace, softcap=cap, reduction="sum")
     ref_loss, ref_grad = mp_reference(x, t, softcap=cap, reduction="sum")
     eps = eps_of(dtype)
     assert_close(loss, ref_loss, 8 * eps)
@@ -317,10 +310,9 @@ CONFIDENT_OPTS = {
 
 @pytest.mark.parametrize("target_kind", ["index", "one_hot"])
 @pytest.mark.parametrize("inplace", INPLACE)
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", list(CONFIDENT_OPTS))
-def test_confident_row_gradient_keeps_relative_accuracy(name, dtype, backend, inplace,
+def test_confident_row_gradient_keeps_relative_accuracy(impl, name, dtype, inplace,
                                                          target_kind):  # fmt: skip
     # x = [40, 0, 0] with label 0: p_0 - 1 = -8.5e-18 was computed as fl(p_0) - 1 = 0
     big = 40.0 if dtype == np.float64 else 20.0
@@ -331,7 +323,7 @@ def test_confident_row_gradient_keeps_relative_accuracy(name, dtype, backend, in
     opts = {k: v for k, v in CONFIDENT_OPTS[name].items()}
     mp_opts = {"eps" if k == "label_smoothing" else k: v for k, v in opts.items()}
     target = t if target_kind == "index" else np.eye(4, dtype=dtype)[t]
-    loss, grad = run(x, target, backend, inplace, reduction="sum", **opts)
+    loss, grad = run(x, target, impl, inplace, reduction="sum", **opts)
     ref_loss, ref_grad = mp_reference(x, t, reduction="sum", **mp_opts)
     eps = eps_of(dtype)
     # a softcap rounds z (up to |z| ~ big) to an ulp, and p_t - 1 ~ exp(z_c - z_t) inherits
@@ -413,13 +405,13 @@ def test_softmax_keeps_subnormal_probabilities_at_every_size(dtype):
 
 
 @pytest.mark.parametrize("inplace", INPLACE)
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_gradient_keeps_subnormal_probabilities(dtype, backend, inplace):
+def test_fused_gradient_keeps_subnormal_probabilities(impl, dtype, inplace):
+    impl.need("subnormals")
     d = -100.0 if dtype == np.float32 else -740.0
     x = np.array([[0.0, d, 1.0], [d, 0.0, -1.0]], dtype=dtype)
     t = np.array([0, 1])
-    _, grad = run(x, t, backend, inplace, reduction="sum")
+    _, grad = run(x, t, impl, inplace, reduction="sum")
     _, ref_grad = mp_reference(x, t, reduction="sum")
     sub = float(np.finfo(dtype).smallest_subnormal)
     assert grad[0, 1] > 0 and grad[1, 0] > 0

@@ -27,6 +27,13 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(params=["auto", "core"], ids=["fused", "core"])
+def backend(request):
+    """The fused CPU kernels ("auto" on CPU), or the core on the tensors (what other devices
+    take)."""
+    return request.param
+
+
 def logits_and_labels(shape=(6, 5), seed=0):
     g = torch.Generator().manual_seed(seed)
     x = 3 * torch.randn(shape, generator=g, dtype=torch.float64)
@@ -80,13 +87,13 @@ UPSTREAMS = {
 
 @pytest.mark.parametrize("upstream", list(UPSTREAMS))
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
-def test_mutating_returned_gradient_does_not_change_next_backward(mutation, upstream):
+def test_mutating_returned_gradient_does_not_change_next_backward(mutation, upstream, backend):
     reduction, make_up = UPSTREAMS[upstream]
     x, t = logits_and_labels()
     x.requires_grad_()
     up = make_up(x.shape[0])
     expected = f_gradient(x, t, up, reduction=reduction)
-    loss = sct.cross_entropy(x, t, reduction=reduction)
+    loss = sct.cross_entropy(x, t, reduction=reduction, backend=backend)
     (g1,) = torch.autograd.grad(loss, x, up, retain_graph=True)
     torch.testing.assert_close(g1, expected, **TOL64)
     MUTATIONS[mutation](g1)
@@ -121,7 +128,7 @@ LAYOUTS = {
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_retained_backwards_accumulate_and_survive_zero_grad(layout, scale):
+def test_retained_backwards_accumulate_and_survive_zero_grad(layout, scale, backend):
     """``loss.backward(retain_graph=True)`` twice gives twice the gradient; zeroing ``.grad``
     in place (``optimizer.zero_grad(set_to_none=False)``) between backwards is allowed."""
     shape, make_input = LAYOUTS[layout]
@@ -130,7 +137,7 @@ def test_retained_backwards_accumulate_and_survive_zero_grad(layout, scale):
     x = make_input(leaf)
     _, t = logits_and_labels(x.shape)
     single = f_gradient(x, t).reshape(shape) * scale
-    loss = scale * sct.cross_entropy(x, t)
+    loss = scale * sct.cross_entropy(x, t, backend=backend)
     loss.backward(retain_graph=True)
     loss.backward(retain_graph=True)
     torch.testing.assert_close(leaf.grad, 2 * single, **TOL64)
@@ -191,14 +198,6 @@ def test_compiled_backward_gradient_is_not_the_state_of_the_next_backward():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["fused", "pure"])
-def path(request, monkeypatch):
-    """The fused CPU kernels, or the pure-PyTorch path (what non-CPU devices take)."""
-    if request.param == "pure":
-        monkeypatch.setattr(sct, "_FUSED_DEVICES", frozenset())
-    return request.param
-
-
 NAN_ROW_OPTIONS = {
     "plain": {},
     "everything": {"label_smoothing": 0.2, "z_loss": 0.01, "softcap": 4.0},
@@ -217,19 +216,19 @@ def nan_row_case(target_kind):
 
 @pytest.mark.parametrize("option", list(NAN_ROW_OPTIONS))
 @pytest.mark.parametrize("target_kind", ["index", "prob"])
-def test_zero_weight_mass_with_nan_logit_gives_zero_loss_and_gradient(target_kind, option, path):
+def test_zero_weight_mass_with_nan_logit_gives_zero_loss_and_gradient(target_kind, option, backend):
     x, t, weight = nan_row_case(target_kind)
     kw = NAN_ROW_OPTIONS[option]
-    loss = sct.cross_entropy(x, t, weight, **kw)
+    loss = sct.cross_entropy(x, t, weight, backend=backend, **kw)
     (g,) = torch.autograd.grad(loss, x)
     assert loss.item() == 0.0
     assert torch.equal(g, torch.zeros_like(g)), g
 
 
 @pytest.mark.parametrize("target_kind", ["index", "prob"])
-def test_zero_weight_mass_with_nan_logit_keeps_torch_nan(target_kind, path):
+def test_zero_weight_mass_with_nan_logit_keeps_torch_nan(target_kind, backend):
     x, t, weight = nan_row_case(target_kind)
-    ours = sct.cross_entropy(x, t, weight, semantics="torch")
+    ours = sct.cross_entropy(x, t, weight, semantics="torch", backend=backend)
     (g_ours,) = torch.autograd.grad(ours, x)
     theirs = F.cross_entropy(x, t, weight)
     (g_theirs,) = torch.autograd.grad(theirs, x)
@@ -238,7 +237,8 @@ def test_zero_weight_mass_with_nan_logit_keeps_torch_nan(target_kind, path):
 
 
 def test_zero_weight_mass_with_nan_logit_zero_target_and_weight_gradients():
-    """Target and weight that require grad (the pure-PyTorch path): their gradients are 0 too."""
+    """Target and weight that require grad (autograd through the core): their gradients are 0
+    too."""
     x, t, weight = nan_row_case("prob")
     t.requires_grad_()
     weight.requires_grad_()
@@ -249,9 +249,9 @@ def test_zero_weight_mass_with_nan_logit_zero_target_and_weight_gradients():
         assert torch.equal(g, torch.zeros_like(g)), g
 
 
-def test_zero_weight_mass_with_nan_logit_double_backward_is_zero():
+def test_zero_weight_mass_with_nan_logit_double_backward_is_zero(backend):
     x, t, weight = nan_row_case("index")
-    loss = sct.cross_entropy(x, t, weight)
+    loss = sct.cross_entropy(x, t, weight, backend=backend)
     (g,) = torch.autograd.grad(loss, x, create_graph=True)
     (gg,) = torch.autograd.grad(g.sum(), x)
     assert torch.equal(g.detach(), torch.zeros_like(g)), g
@@ -259,13 +259,13 @@ def test_zero_weight_mass_with_nan_logit_double_backward_is_zero():
 
 
 @pytest.mark.parametrize("ignored", ["row_0", "every_row"])
-def test_ignored_position_with_nan_logit_gets_zero_gradient(ignored, path):
+def test_ignored_position_with_nan_logit_gets_zero_gradient(ignored, backend):
     """softmaxce semantics: an ignored position contributes 0 to the loss and to the gradient,
     whatever its logits (F.cross_entropy's gradient there is NaN)."""
     x = torch.tensor([[math.nan, 1.0, 2.0], [0.5, 0.0, 1.0]], dtype=torch.float64)
     x.requires_grad_()
     t = torch.tensor([-100, 1] if ignored == "row_0" else [-100, -100])
-    loss = sct.cross_entropy(x, t)
+    loss = sct.cross_entropy(x, t, backend=backend)
     (g,) = torch.autograd.grad(loss, x)
     assert torch.equal(g[0], torch.zeros(3, dtype=torch.float64)), g
     if ignored == "row_0":

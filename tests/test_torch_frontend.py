@@ -1,10 +1,14 @@
 """softmaxce.torch: the PyTorch front end against live F.cross_entropy, the NumPy core, a
 composed PyTorch reference for z_loss/softcap, autograd's gradcheck/gradgradcheck, and
 torch.compile(fullgraph=True) (backend "aot_eager": AOTAutograd traces forward and backward
-through the custom ops' fake implementations, without inductor's compile time)."""
+through the custom ops' fake implementations, without inductor's compile time).
+
+Both paths run on CPU: "fused" (backend="auto": the fused CPU kernel) and "core"
+(backend="core": the core on the tensors, what other devices take)."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -39,6 +43,7 @@ EXTRA = {  # softmaxce-only options
     "everything": {"weight": True, "label_smoothing": 0.1, "z_loss": 0.02, "softcap": 3.0},
 }
 TARGETS = ["index", "index_ignore", "prob"]
+EPS64 = torch.finfo(torch.float64).eps
 REDUCTIONS = ["none", "sum", "mean"]
 
 
@@ -84,10 +89,14 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
-def pure_path(monkeypatch):
-    """Force the pure-PyTorch path (what non-CPU devices take) on CPU."""
-    monkeypatch.setattr(sct, "_FUSED_DEVICES", frozenset())
+# path -> the backend that takes it on CPU tensors
+PATHS = {"fused": "auto", "core": "core"}
+NODES = {"fused": "FusedCrossEntropyBackward", "core": "CoreCrossEntropyBackward"}
+
+
+def node(loss):
+    """The name of the autograd node that made ``loss`` (which path ran)."""
+    return type(loss.grad_fn).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,20 +124,20 @@ def test_torch_semantics_match_f_cross_entropy(layout, target_kind, option, redu
     torch.testing.assert_close(g_ours, g_theirs, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("path", ["fused", "pure"])
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize(
     "kw",
     [{}, {"weight": True}, {"label_smoothing": 0.2}, {"weight": True, "label_smoothing": 0.2}],
     ids=["plain", "weight", "smooth", "weight_smooth"],
 )
-def test_all_ignored_torch_nan_softmaxce_zero(kw, path, monkeypatch):
-    if path == "pure":
-        monkeypatch.setattr(sct, "_FUSED_DEVICES", frozenset())
+def test_all_ignored_torch_nan_softmaxce_zero(kw, path):
     x, t, kw = make_case("2d", "index", kw)
     t = torch.full_like(t, -100)
     theirs = F.cross_entropy(x, t, **kw)
     (g_theirs,) = torch.autograd.grad(theirs, x)
+    kw["backend"] = PATHS[path]
     ours = sct.cross_entropy(x, t, semantics="torch", **kw)
+    assert node(ours) == NODES[path]
     (g_ours,) = torch.autograd.grad(ours, x)
     assert torch.isnan(theirs) and torch.isnan(ours)
     torch.testing.assert_close(g_ours, g_theirs)  # 0, not NaN (as PyTorch)
@@ -137,19 +146,18 @@ def test_all_ignored_torch_nan_softmaxce_zero(kw, path, monkeypatch):
     assert default.item() == 0.0 and not g_default.any()  # pytorch#70348
 
 
-@pytest.mark.parametrize("path", ["fused", "pure"])
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("smooth", [0.0, 0.2])
-def test_zero_weight_mass_nan_gradient_as_torch(smooth, path, monkeypatch):
+def test_zero_weight_mass_nan_gradient_as_torch(smooth, path):
     """Non-ignored targets whose class weights are all 0: PyTorch gives a NaN loss AND a NaN
     gradient; semantics="torch" reproduces both, the default gives 0 and 0."""
-    if path == "pure":
-        monkeypatch.setattr(sct, "_FUSED_DEVICES", frozenset())
     x, t, kw = make_case("2d", "index", {"weight": True, "label_smoothing": smooth})
     t = torch.zeros_like(t)
     t[::4] = -100  # ignored rows keep gradient 0, as in PyTorch
     kw["weight"][0] = 0.0
     theirs = F.cross_entropy(x, t, **kw)
     (g_theirs,) = torch.autograd.grad(theirs, x)
+    kw["backend"] = PATHS[path]
     ours = sct.cross_entropy(x, t, semantics="torch", **kw)
     (g_ours,) = torch.autograd.grad(ours, x)
     assert torch.isnan(ours) and torch.isnan(g_theirs[1]).all() and not g_theirs[0].any()
@@ -189,15 +197,45 @@ def test_weighted_prob_targets_differ_only_in_mean():
         )
 
 
-def test_minus_inf_logit_with_zero_target_probability():
-    """A -inf logit where the target has probability 0: PyTorch gives 0 * inf = NaN, softmaxce
-    drops the term (both semantics): a documented deviation."""
+@pytest.mark.parametrize("path", list(PATHS))
+def test_minus_inf_logit_with_zero_target_probability(path):
+    """A -inf logit where the target has probability 0: PyTorch gives 0 * inf = NaN, as does
+    semantics="torch" (the torch row of the semantics table); softmaxce drops the term."""
     x = torch.tensor([[0.0, -torch.inf, 1.0]], dtype=torch.float64)
     q = torch.tensor([[0.5, 0.0, 0.5]], dtype=torch.float64)
     assert torch.isnan(F.cross_entropy(x, q))
+    assert torch.isnan(sct.cross_entropy(x, q, semantics="torch", backend=PATHS[path]))
     expected = 0.5 * (torch.logsumexp(x, 1) - 0.0) + 0.5 * (torch.logsumexp(x, 1) - 1.0)
-    for sem in ("softmaxce", "torch"):
-        torch.testing.assert_close(sct.cross_entropy(x, q, semantics=sem), expected[0])
+    ours = sct.cross_entropy(x, q, backend=PATHS[path])
+    torch.testing.assert_close(ours, expected[0], rtol=4 * EPS64, atol=0)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("path", list(PATHS))
+def test_semantics_torch_nan_case_of_issue_10_matches_f_cross_entropy(path, reduction):
+    """issue 10: F.cross_entropy and compat.pytorch give NaN here (0 * -inf at the zero-weight
+    class under label smoothing); semantics="torch" did not (1.236): now one table, the same
+    NaN on both paths, and the same gradient (NaN rows included)."""
+    from softmaxce.compat import pytorch as compat_pytorch
+
+    x = torch.tensor([[0.0, -math.inf, 1.0], [math.nan, 0.0, 1.0]], dtype=torch.float64)
+    t = torch.tensor([0, -100])
+    w = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    kw = {"weight": w, "label_smoothing": 0.1, "reduction": reduction}
+    xf = x.clone().requires_grad_()
+    theirs = F.cross_entropy(xf, t, **kw)
+    xo = x.clone().requires_grad_()
+    ours = sct.cross_entropy(xo, t, semantics="torch", backend=PATHS[path], **kw)
+    assert node(ours if reduction != "none" else ours.sum()) in (NODES[path], "SumBackward0")
+    compat = compat_pytorch.cross_entropy(x.numpy(), t.numpy(), w.numpy(), **{
+        k: val for k, val in kw.items() if k != "weight"})  # fmt: skip
+    torch.testing.assert_close(ours, theirs, equal_nan=True, rtol=4 * EPS64, atol=0)
+    np.testing.assert_allclose(np.asarray(compat), theirs.detach().numpy(), rtol=4 * EPS64)
+    assert torch.isnan(ours).any()
+    up = torch.ones_like(theirs)
+    (g_theirs,) = torch.autograd.grad(theirs, xf, up)
+    (g_ours,) = torch.autograd.grad(ours, xo, up)
+    torch.testing.assert_close(g_ours, g_theirs, equal_nan=True, rtol=4 * EPS64, atol=4 * EPS64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +307,7 @@ def test_z_loss_softcap_match_composed_reference(layout, option, target_kind, re
 
 
 # ---------------------------------------------------------------------------------------------
-# the pure-PyTorch path (other devices, double backward) == the fused path
+# the core path (other devices, double backward) == the fused path
 # ---------------------------------------------------------------------------------------------
 
 
@@ -280,28 +318,24 @@ def test_z_loss_softcap_match_composed_reference(layout, option, target_kind, re
 )
 @pytest.mark.parametrize("target_kind", TARGETS)
 @pytest.mark.parametrize("layout", ["2d", "3d", "unbatched"])
-def test_pure_path_matches_fused(layout, target_kind, option, reduction, semantics, monkeypatch):
+def test_core_path_matches_fused(layout, target_kind, option, reduction, semantics):
     x, t, kw = make_case(layout, target_kind, {**OPTIONS, **EXTRA}[option])
     if semantics == "torch" and target_kind == "prob" and "ignore_index" in kw:
         return  # refused, as F.cross_entropy does (test_torch_semantics_match_f_cross_entropy)
     if semantics == "softmaxce" and option == "negative_weight":
-        for path in (frozenset({"cpu"}), frozenset()):
-            monkeypatch.setattr(sct, "_FUSED_DEVICES", path)
+        for backend in PATHS.values():
             with pytest.raises(ValueError, match="weight must be finite and >= 0"):
-                sct.cross_entropy(x, t, reduction=reduction, semantics=semantics, **kw)
+                sct.cross_entropy(x, t, reduction=reduction, backend=backend, **kw)
         return
-    calls = []
-    reference = sct._reference
-    monkeypatch.setattr(sct, "_reference", lambda *a: calls.append(1) or reference(*a))
-    fused = sct.cross_entropy(x, t, reduction=reduction, semantics=semantics, **kw)
+    kw.update(reduction=reduction, semantics=semantics)
+    fused = sct.cross_entropy(x, t, **kw)
     up, g_fused = grad_of(fused, x)
-    assert not calls
-    monkeypatch.setattr(sct, "_FUSED_DEVICES", frozenset())
-    pure = sct.cross_entropy(x, t, reduction=reduction, semantics=semantics, **kw)
-    assert calls  # really two paths
-    (g_pure,) = torch.autograd.grad(pure, x, up)
-    torch.testing.assert_close(pure, fused, rtol=1e-12, atol=1e-12, equal_nan=True)
-    torch.testing.assert_close(g_pure, g_fused, rtol=1e-11, atol=1e-12)
+    core = sct.cross_entropy(x, t, backend="core", **kw)
+    (g_core,) = torch.autograd.grad(core, x, up)
+    if layout != "unbatched" or reduction != "none":  # (else the node is the squeeze's)
+        assert (node(fused), node(core)) == (NODES["fused"], NODES["core"])  # two paths
+    torch.testing.assert_close(core, fused, rtol=1e-12, atol=1e-12, equal_nan=True)
+    torch.testing.assert_close(g_core, g_fused, rtol=1e-11, atol=1e-12)
 
 
 def test_meta_device_takes_pure_path_without_host_copy():
@@ -311,8 +345,75 @@ def test_meta_device_takes_pure_path_without_host_copy():
     t = torch.zeros(4, dtype=torch.long, device="meta")
     loss = sct.cross_entropy(x, t, label_smoothing=0.1, z_loss=0.01, softcap=5.0)
     assert loss.device.type == "meta" and loss.shape == ()
+    assert node(loss) == NODES["core"]
     loss.backward()
     assert x.grad.device.type == "meta" and x.grad.shape == (4, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# backend=
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["auto", "numba", "numpy", "core"])
+def test_backend_choices_agree(backend):
+    if backend == "numba" and softmaxce._dispatch.numba_kernels() is None:
+        with pytest.raises(ImportError, match="backend='numba' cannot run"):
+            sct.cross_entropy(torch.zeros(2, 3, requires_grad=True), torch.tensor([0, 1]),
+                              backend=backend)  # fmt: skip
+        return
+    x, t, kw = make_case("3d", "index_ignore", {"weight": True, "label_smoothing": 0.1})
+    kw.update(z_loss=0.01, softcap=4.0)
+    ref = F.cross_entropy(x, t, **{k: kw[k] for k in ("weight", "label_smoothing")})
+    ours = sct.cross_entropy(x, t, backend=backend, **kw)
+    assert node(ours) == NODES["core" if backend == "core" else "fused"]
+    up, g = grad_of(ours, x)
+    x2 = x.detach().requires_grad_()
+    expected = sct.cross_entropy(x2, t, backend="core", **kw)
+    (g_expected,) = torch.autograd.grad(expected, x2, up)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(g, g_expected, rtol=1e-11, atol=1e-13)
+    assert not torch.isclose(ours, ref)  # (z_loss and softcap did change the loss)
+
+
+def test_backend_triton_not_yet_available_raises():
+    x, t, _ = make_case("2d", "index", {})
+    with pytest.raises(ValueError, match="backend='triton' is not available"):
+        sct.cross_entropy(x, t, backend="triton")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        sct.cross_entropy(x, t, backend="cuda")
+    with pytest.raises(ValueError, match="backend='triton' is not available"):
+        sct.CrossEntropyLoss(backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_backend_cpu_kernel_that_cannot_run_raises(backend):
+    """An explicit CPU kernel: a tensor on another device, or a target or weight that
+    requires grad (the fused kernel differentiates the input only) raise, naming backend."""
+    x = torch.randn(4, 5, device="meta", requires_grad=True)
+    t = torch.zeros(4, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match=f"backend='{backend}' runs on CPU tensors only"):
+        sct.cross_entropy(x, t, backend=backend)
+    x, t, kw = make_case("2d", "prob", {"weight": True})
+    with pytest.raises(ValueError, match=f"backend='{backend}' differentiates the input only"):
+        sct.cross_entropy(x, t.requires_grad_(), backend=backend)
+    with pytest.raises(ValueError, match=f"backend='{backend}' differentiates the input only"):
+        sct.cross_entropy(x, t.detach(), kw["weight"].requires_grad_(), backend=backend)
+    if backend == "numba" and softmaxce._dispatch.numba_kernels() is None:
+        return  # (test_backend_choices_agree: ImportError)
+    with torch.no_grad():  # no gradient asked for: the kernel can run
+        sct.cross_entropy(x, t, kw["weight"], backend=backend)
+
+
+def test_custom_op_schema_is_the_flat_options():
+    """The custom ops take LossOptions.flat() (FLAT_FIELDS, in order), then the kernel."""
+    from softmaxce._options import FLAT_FIELDS
+
+    for name in ("cross_entropy", "cross_entropy_with_grad", "cross_entropy_with_grad_"):
+        schema = getattr(torch.ops.softmaxce, name).default._schema
+        names = [a.name for a in schema.arguments]
+        assert names == ["input", "target", "weight", *FLAT_FIELDS, "kernel"]
+        assert schema.arguments[-1].kwarg_only
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,13 +421,15 @@ def test_meta_device_takes_pure_path_without_host_copy():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("option", ["plain", "weight_smooth", "everything"])
 @pytest.mark.parametrize("target_kind", ["index_ignore", "prob"])
 @pytest.mark.parametrize("layout", ["2d", "3d", "unbatched"])
-def test_gradcheck_gradgradcheck(layout, target_kind, option, reduction):
+def test_gradcheck_gradgradcheck(layout, target_kind, option, reduction, path):
     x, t, kw = make_case(layout, target_kind, {**OPTIONS, **EXTRA}[option])
     x = (x / 3).detach().requires_grad_()
+    kw["backend"] = PATHS[path]
 
     def f(inp):
         return sct.cross_entropy(inp, t, reduction=reduction, **kw)
@@ -335,14 +438,33 @@ def test_gradcheck_gradgradcheck(layout, target_kind, option, reduction):
     assert torch.autograd.gradgradcheck(f, (x,))
 
 
-def test_gradcheck_target_and_weight(pure_path):
-    """Gradients with respect to a probability target and the weights (pure path)."""
+def test_gradcheck_target_and_weight():
+    """Gradients with respect to a probability target and the weights (the core path)."""
     x, t, kw = make_case("2d", "prob", {"weight": True, "label_smoothing": 0.1})
     t = t.detach().requires_grad_()
     w = kw["weight"].detach().requires_grad_()
     assert torch.autograd.gradcheck(
         lambda a, b, c: sct.cross_entropy(a, b, c, label_smoothing=0.1, z_loss=0.01), (x, t, w)
     )
+
+
+@pytest.mark.parametrize("smooth", [0.0, 0.1])
+def test_target_and_weight_gradients_at_their_zero_entries_match_f_cross_entropy(smooth):
+    """d loss / d q_c and d loss / d w_c where q_c = 0 or w_c = 0 (a one-hot target, a zero
+    weight): autograd through the core must keep the derivative of ``q_c (z_c - m)``, which a
+    ``0 * anything = 0`` product drops (issue 10: the core's xmul)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 5, generator=g, dtype=torch.float64).requires_grad_()
+    t = F.one_hot(torch.tensor([0, 1, 2, 3]), 5).double()
+    w = torch.rand(5, generator=g, dtype=torch.float64) + 0.1
+    w[1] = 0.0
+    grads = []
+    for fn in (F.cross_entropy, lambda *a, **k: sct.cross_entropy(*a, semantics="torch", **k)):
+        tt, ww = t.clone().requires_grad_(), w.clone().requires_grad_()
+        loss = fn(x, tt, ww, label_smoothing=smooth)
+        grads.append(torch.autograd.grad(loss, (x, tt, ww)))
+    for ours, theirs in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=16 * EPS64, atol=16 * EPS64)
 
 
 def test_no_grad_mode_with_inputs_that_require_grad():
@@ -355,7 +477,7 @@ def test_no_grad_mode_with_inputs_that_require_grad():
     torch.testing.assert_close(loss, ref)
 
 
-def test_target_requiring_grad_uses_pure_path():
+def test_target_requiring_grad_uses_core_path():
     x, t, _ = make_case("2d", "prob", {})
     t = t.detach().requires_grad_()
     sct.cross_entropy(x, t, semantics="torch").backward()
@@ -377,15 +499,14 @@ DTYPE_TOL = {  # dtype -> (rtol, atol) against the float64 result
 }
 
 
-@pytest.mark.parametrize("path", ["fused", "pure"])
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("target_kind", ["index_ignore", "prob"])
 @pytest.mark.parametrize("dtype", list(DTYPE_TOL), ids=str)
-def test_low_precision_dtypes(dtype, target_kind, inplace, path, monkeypatch):
-    if path == "pure":
-        monkeypatch.setattr(sct, "_FUSED_DEVICES", frozenset())
+def test_low_precision_dtypes(dtype, target_kind, inplace, path):
     opts = {"weight": True, "label_smoothing": 0.1, "z_loss": 0.01}
     x64, t, kw = make_case("3d", target_kind, opts)
+    kw["backend"] = PATHS[path]
     ref = sct.cross_entropy(x64, t, **kw)
     (g_ref,) = torch.autograd.grad(ref, x64)
     x = x64.detach().to(dtype).requires_grad_()
@@ -400,8 +521,9 @@ def test_low_precision_dtypes(dtype, target_kind, inplace, path, monkeypatch):
     torch.testing.assert_close(g.double(), g_ref, rtol=rtol, atol=atol)
     theirs = F.cross_entropy(x.double(), t, weight=kw["weight"], label_smoothing=0.1)
     ours_t = sct.cross_entropy(
-        x.detach(), t, weight=kw["weight"], label_smoothing=0.1, semantics="torch"
-    )
+        x.detach(), t, weight=kw["weight"], label_smoothing=0.1, semantics="torch",
+        backend=kw["backend"],
+    )  # fmt: skip
     torch.testing.assert_close(ours_t.double(), theirs.detach(), rtol=rtol, atol=atol)
 
 
@@ -417,12 +539,26 @@ NO_DYNAMO_FUNCTION_WARNING = pytest.mark.filterwarnings(
 )
 
 
+# array_api_compat's helpers, which the core calls (array namespace, device), are
+# functools.lru_cache-wrapped; dynamo traces through them and warns that it ignores the cache.
+DYNAMO_LRU_CACHE_WARNING = pytest.mark.filterwarnings(
+    "ignore:Dynamo detected a call to a `functools.lru_cache`:UserWarning"
+)
+
+
 @NO_DYNAMO_FUNCTION_WARNING
-@pytest.mark.parametrize("inplace", [False, True])
-def test_compile_fullgraph(inplace):
+@pytest.mark.parametrize(
+    ("path", "inplace"),
+    [
+        ("fused", False),
+        ("fused", True),
+        pytest.param("core", False, marks=DYNAMO_LRU_CACHE_WARNING),
+    ],
+)
+def test_compile_fullgraph(path, inplace):
     torch._dynamo.reset()
     x0, t, kw = make_case("2d", "index_ignore", {"weight": True, "label_smoothing": 0.1})
-    kw.update(z_loss=0.01, inplace_backward=inplace)
+    kw.update(z_loss=0.01, inplace_backward=inplace, backend=PATHS[path])
 
     def step(inp, tgt):
         return sct.cross_entropy(inp * 2.0, tgt, **kw)
@@ -438,15 +574,14 @@ def test_compile_fullgraph(inplace):
 
 
 @NO_DYNAMO_FUNCTION_WARNING
-@pytest.mark.parametrize("path", ["fused", "pure"])
-def test_compile_fullgraph_dynamic_shapes_prob_none(path, monkeypatch):
-    """dynamic=True: two batch sizes through one graph; the pure path is what CUDA compiles."""
-    if path == "pure":
-        monkeypatch.setattr(sct, "_FUSED_DEVICES", frozenset())
+@pytest.mark.parametrize("path", ["fused", pytest.param("core", marks=DYNAMO_LRU_CACHE_WARNING)])
+def test_compile_fullgraph_dynamic_shapes_prob_none(path):
+    """dynamic=True: two batch sizes through one graph; the core path is what CUDA compiles."""
     torch._dynamo.reset()
+    kw = {"reduction": "none", "softcap": 4.0, "z_loss": 0.01, "backend": PATHS[path]}
 
     def step(inp, tgt):
-        return sct.cross_entropy(inp, tgt, reduction="none", softcap=4.0, z_loss=0.01).sum()
+        return sct.cross_entropy(inp, tgt, **kw).sum()
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager", dynamic=True)
     for seed in (0, 1):
@@ -461,13 +596,31 @@ def test_compile_fullgraph_dynamic_shapes_prob_none(path, monkeypatch):
         torch.testing.assert_close(g, g_ref)
 
 
-def test_custom_ops_pass_opcheck():
+@NO_DYNAMO_FUNCTION_WARNING
+def test_compiled_fused_call_still_checks_labels():
+    """Under torch.compile the boundary cannot read the labels; the fused op checks them on the
+    host when it runs, so a bad label raises instead of indexing out of bounds."""
+    torch._dynamo.reset()
+    compiled = torch.compile(sct.cross_entropy, fullgraph=True, backend="aot_eager")
+    x = torch.zeros(3, 4, requires_grad=True)
+    with pytest.raises(ValueError, match=r"\[0, 4\).*got 7 at position \(1,\)"):
+        compiled(x, torch.tensor([0, 7, 1]))
+    with pytest.raises(ValueError, match=r"weight\[2\]"):
+        compiled(x, torch.tensor([0, 1, 1]), torch.tensor([1.0, 1.0, -1.0, 1.0]))
+
+
+@pytest.mark.parametrize("semantics", ["softmaxce", "torch"])
+def test_custom_ops_pass_opcheck(semantics):
+    from softmaxce._options import loss_options
+
     x, t, kw = make_case("2d", "index_ignore", {"weight": True})
-    args = (x.detach(), t, kw["weight"], -100, "mean", 0.1, 0.01, None, "mass", "zero", False)
-    torch.library.opcheck(torch.ops.softmaxce.cross_entropy.default, args)
-    torch.library.opcheck(torch.ops.softmaxce.cross_entropy_with_grad.default, args)
+    opts = loss_options(label_smoothing=0.1, z_loss=0.01, semantics=semantics)
+    args = (x.detach(), t, kw["weight"], *opts.flat())
+    kernel = {"kernel": "auto"}
+    torch.library.opcheck(torch.ops.softmaxce.cross_entropy.default, args, kernel)
+    torch.library.opcheck(torch.ops.softmaxce.cross_entropy_with_grad.default, args, kernel)
     args_ = (x.detach().clone(), *args[1:])
-    torch.library.opcheck(torch.ops.softmaxce.cross_entropy_with_grad_.default, args_)
+    torch.library.opcheck(torch.ops.softmaxce.cross_entropy_with_grad_.default, args_, kernel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +697,20 @@ def test_inplace_guards():
         torch.autograd.grad(loss, x, torch.tensor(2.0, dtype=torch.float64), create_graph=True)
 
 
+def test_inplace_refuses_a_target_or_weight_sharing_the_input_memory():
+    """The kernel would read a target (or weight) that the gradient is overwriting: refused,
+    by the NumPy API's check, before anything is written."""
+    x0, _, _ = make_case("2d", "prob", {})
+    x = x0.clone()
+    before = x.detach().clone()
+    with pytest.raises(ValueError, match="target shares memory"):
+        sct.cross_entropy(x, x.detach(), inplace_backward=True)
+    with pytest.raises(ValueError, match="weight shares memory"):
+        sct.cross_entropy(x, torch.tensor([0, 1, 2, 3, 4, 0]), x.detach()[0],
+                          inplace_backward=True)  # fmt: skip
+    torch.testing.assert_close(x.detach(), before)
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------
@@ -580,12 +747,10 @@ T = torch.tensor([0, 1, 2])
         ((X, T.to("meta")), {}, ValueError, "target must be on the input's device"),
     ],
 )
-@pytest.mark.parametrize("path", ["fused", "pure"])
-def test_bad_input(args, kwargs, error, match, path, monkeypatch):
-    if path == "pure":
-        monkeypatch.setattr(sct, "_FUSED_DEVICES", frozenset())
+@pytest.mark.parametrize("path", list(PATHS))
+def test_bad_input(args, kwargs, error, match, path):
     with pytest.raises(error, match=match):
-        sct.cross_entropy(*args, **kwargs)
+        sct.cross_entropy(*args, **kwargs, backend=PATHS[path])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +11,6 @@ from array_api_compat import is_numpy_namespace
 from . import _dispatch
 from . import _validate as v
 from ._core import softmax as _softmax
-from ._core.reduce import EMPTY, MEAN_BY
 from ._options import loss_options
 from ._problem import as_array, as_float, prepare, where_array
 from ._run import run, run_probs
@@ -39,9 +36,10 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _quiet(xp: Any):
-    """NumPy's floating-point warnings off (overflow to inf, 0/0 are results here)."""
-    return np.errstate(all="ignore") if is_numpy_namespace(xp) else contextlib.nullcontext()
+def _quiet():
+    """NumPy's floating-point warnings off (overflow to inf, 0/0 are results here), whatever
+    the namespace: array-api-strict (and others) compute with NumPy underneath."""
+    return np.errstate(all="ignore")
 
 
 def _unary(x: Any, axis: Any, where: Any, name: str = "x"):
@@ -86,7 +84,7 @@ def softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> np.ndarray:
     if kernels is not None:
         x2 = arr.reshape(-1, arr.shape[-1])
         return kernels.softmax_rows(x2, np.empty_like(x2)).reshape(arr.shape)
-    with _quiet(xp):
+    with _quiet():
         return _softmax.softmax(arr, ax, mask)
 
 
@@ -108,7 +106,7 @@ def log_softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> np.ndarray:
     if kernels is not None:
         x2 = arr.reshape(-1, arr.shape[-1])
         return kernels.log_softmax_rows(x2, np.empty_like(x2)).reshape(arr.shape)
-    with _quiet(xp):
+    with _quiet():
         return _softmax.log_softmax(arr, ax, mask)
 
 
@@ -134,7 +132,7 @@ def logsumexp(
     if kernels is not None:
         out = kernels.logsumexp_rows(arr.reshape(-1, arr.shape[-1])).reshape(arr.shape[:-1])
         return out[..., None] if keepdims else out
-    with _quiet(xp):
+    with _quiet():
         return _softmax.logsumexp(arr, ax, bool(keepdims), mask)
 
 
@@ -165,7 +163,7 @@ def softmax_vjp(y: Any, dy: Any, /, *, axis: int = -1) -> np.ndarray:
     array([0., 0., 0.])
     """
     xp, arr, d, ax = _vjp_inputs(y, dy, axis, "y")
-    with _quiet(xp):
+    with _quiet():
         return xp.astype(_softmax.softmax_vjp(arr, d, ax), xp.result_type(arr, d))
 
 
@@ -183,7 +181,7 @@ def log_softmax_vjp(logp: Any, dy: Any, /, *, axis: int = -1) -> np.ndarray:
     array([-0.5,  0.5])
     """
     xp, arr, d, ax = _vjp_inputs(logp, dy, axis, "logp")
-    with _quiet(xp):
+    with _quiet():
         return xp.astype(_softmax.log_softmax_vjp(arr, d, ax), xp.result_type(arr, d))
 
 
@@ -204,7 +202,7 @@ def softmax_jacobian(y: Any, /, *, axis: int = -1) -> np.ndarray:
     xp, arr = as_float(y, "y")
     ax = v.class_axis(axis, arr.ndim, array="y")
     v.nonempty_classes(arr, ax, "y")
-    with _quiet(xp):
+    with _quiet():
         return xp.astype(_softmax.softmax_jacobian(arr, ax), arr.dtype)
 
 
@@ -224,68 +222,6 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "where": None,
     "soft_target_loss": "cross-entropy",
 }
-
-
-def fused(
-    logits: Any,
-    target: Any,
-    *,
-    want_grad: bool,
-    dloss: Any,
-    inplace: bool,
-    backend: Any,
-    axis: Any,
-    weight: Any,
-    ignore_index: Any,
-    reduction: Any,
-    label_smoothing: Any,
-    z_loss: Any,
-    softcap: Any,
-    where: Any,
-    soft_target_loss: Any,
-    semantics: str = "softmaxce",
-    grad_dtype: Any = None,
-    mean_by: str | None = None,
-    empty: str | None = None,
-    negative_weight: bool | None = None,
-) -> tuple[Any, Any]:
-    """Validate (once), then run: the loss and, with ``want_grad``, its gradient.
-
-    ``semantics`` names a row of ``softmaxce._semantics.TABLE`` (how "mean" divides, what an
-    empty batch gives, a framework's NaN quirks). ``grad_dtype`` (without ``inplace``)
-    overrides the gradient's dtype, e.g. float32 for float16 logits whose gradient will be
-    scaled again later and should be rounded only once.
-    """
-    if v.flag(inplace, "inplace"):
-        v.inplace_buffer(logits)
-        v.disjoint_from_buffer(logits, target=target, weight=weight, where=where, dloss=dloss)
-    opts = loss_options(
-        reduction=reduction,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-        soft_target_loss=soft_target_loss,
-        semantics=semantics,
-    )
-    if mean_by is not None:  # (transition: the compat modes and torch front end's knobs)
-        sem = dataclasses.replace(
-            opts.semantics,
-            mean_index=v.choice(mean_by, MEAN_BY, "mean_by"),
-            mean_soft=mean_by,
-            empty=v.choice(empty, EMPTY, "empty"),
-            negative_weight=bool(negative_weight),
-        )
-        opts = dataclasses.replace(opts, semantics=sem)
-    problem = prepare(logits, target, opts, axis=axis, weight=weight, where=where)
-    return run(
-        problem,
-        want_grad=want_grad,
-        dloss=dloss,
-        inplace=inplace,
-        backend=v.backend(backend),
-        grad_dtype=grad_dtype,
-    )
 
 
 def softmax_cross_entropy(

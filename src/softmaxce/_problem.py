@@ -70,7 +70,8 @@ def readable(a: Array) -> bool:
             return False
     except ImportError:
         pass
-    return str(dev).lower().startswith("cpu") or str(dev).startswith("TFRT_CPU")
+    # torch "cpu", JAX "cpu:0" (older: "TFRT_CPU_0"), array-api-strict "Device('CPU_DEVICE')"
+    return "cpu" in str(dev).lower()
 
 
 def as_float(x: Any, name: str) -> tuple[Any, Array]:
@@ -115,26 +116,14 @@ def as_array(xp: Any, like: Array, a: Any, name: str) -> Array:
         return v.as_array(a, name)
     if is_array_api_obj(a):
         return a
-    return xp.asarray(a, device=_device(like))
+    # through NumPy: a Python float is float64 as for NumPy arrays (torch.asarray would round
+    # it to float32, its default dtype), and a ragged list is named
+    return xp.asarray(v.as_array(a, name), device=_device(like))
 
 
 def _classes_last(xp: Any, a: Array, axis: int) -> Array:
     """``a`` with its class axis last (itself when it already is: moveaxis costs ~10 us)."""
     return a if axis == a.ndim - 1 else xp.moveaxis(a, axis, -1)
-
-
-def _check_labels(xp: Any, t: Array, n_classes: int, ignore: int, name: str) -> None:
-    """Labels in ``[0, C)`` or equal to ``ignore``; the first bad one named, with position."""
-    bad = ((t < 0) | (t >= n_classes)) & (t != ignore)
-    if not bool(xp.any(bad)):
-        return
-    pos = tuple(int(i) for i in np.argwhere(np.asarray(xp.to_device(bad, "cpu")))[0])
-    value = int(t[pos]) if t.ndim else int(t)
-    msg = (
-        f"{name} must hold class indices in [0, {n_classes}) or ignore_index={ignore}; "
-        f"got {value} at position {pos}"
-    )
-    raise ValueError(msg)
 
 
 def _target(xp: Any, x: Array, t: Any, axis: int, opts: LossOptions, name: str) -> Array:
@@ -165,7 +154,7 @@ def _target(xp: Any, x: Array, t: Any, axis: int, opts: LossOptions, name: str) 
         )
         raise ValueError(msg)
     if readable(t):
-        _check_labels(xp, t, x.shape[axis], opts.ignore_index, name)
+        v.check_labels(v.to_host(t), x.shape[axis], opts.ignore_index, name)
     return t
 
 
@@ -180,7 +169,7 @@ def _weight(xp: Any, x: Array, w: Any, n_classes: int, allow_negative: bool, nam
         msg = f"{name} must have shape ({n_classes},) (one per class), got shape {tuple(w.shape)}"
         raise ValueError(msg)
     if readable(w):
-        host = np.asarray(xp.to_device(w, "cpu"), dtype=np.float64)
+        host = v.to_host(w).astype(np.float64)
         v.class_weight(host, n_classes, name=name, allow_negative=allow_negative)
     return w
 
@@ -224,15 +213,46 @@ def prepare(
     t = _target(xp, x, target, ax, opts, "target")
     w = _weight(xp, x, weight, n_classes, opts.semantics.negative_weight, "weight")
     mask = where_array(xp, x, where)
-    moved = _classes_last(xp, x, ax)
-    batch = tuple(moved.shape[:-1])
+    return problem_of(x, t, opts, axis=ax, weight=w, where=mask)
+
+
+def problem_of(
+    x: Array,
+    target: Array,
+    opts: LossOptions,
+    *,
+    axis: int,
+    weight: Array | None = None,
+    where: Array | None = None,
+) -> Problem:
+    """The :class:`Problem` of arrays already validated (by :func:`prepare`, or by a compat
+    mode's own checks under its framework's names): flattened to (N, C) rows, checking nothing.
+
+    ``x``: float logits of any library; ``axis`` in ``[0, x.ndim)``; ``target``: integer
+    class indices of ``x``'s shape without ``axis`` (labels in range) or floats of ``x``'s
+    shape; ``weight``: (C,) or None (NumPy: float64, finite); ``where``: bool of ``x``'s shape
+    or None.
+    """
+    xp = namespace(x)
+    n_classes = x.shape[axis]
+    if is_numpy_namespace(xp):
+        moved = _classes_last(np, x, axis)
+        x2 = moved.reshape(-1, n_classes)  # a view when possible, else a copy
+        if target.dtype.kind == "f":
+            t2 = _classes_last(np, target, axis).reshape(-1, n_classes)
+        else:
+            t2 = target.reshape(-1).astype(np.int64, copy=False)
+        m2 = None if where is None else _classes_last(np, where, axis).reshape(-1, n_classes)
+        return Problem(xp, x, axis, x2, t2, weight, m2, moved.shape[:-1], opts)
+    moved = _classes_last(xp, x, axis)
     x2 = xp.reshape(moved, (-1, n_classes))
-    if t.ndim == x.ndim and xp.isdtype(t.dtype, "real floating"):
-        t2 = xp.reshape(_classes_last(xp, t, ax), (-1, n_classes))
-    else:
-        t2 = xp.reshape(t, (-1,))
-    m2 = None if mask is None else xp.reshape(_classes_last(xp, mask, ax), (-1, n_classes))
-    return Problem(xp, x, ax, x2, t2, w, m2, batch, opts)
+    if target.ndim == x.ndim and xp.isdtype(target.dtype, "real floating"):
+        t2 = xp.reshape(_classes_last(xp, target, axis), (-1, n_classes))
+    else:  # (torch gathers with int64 only; no uint compares with a negative ignore_index)
+        index = xp.__array_namespace_info__().default_dtypes()["indexing"]
+        t2 = xp.astype(xp.reshape(target, (-1,)), index)
+    m2 = None if where is None else xp.reshape(_classes_last(xp, where, axis), (-1, n_classes))
+    return Problem(xp, x, axis, x2, t2, weight, m2, tuple(moved.shape[:-1]), opts)
 
 
 def _softcap_fits(xp: Any, dtype: Any, cap: float | None) -> None:
@@ -260,20 +280,9 @@ def _prepare_numpy(xp, x, target, opts, axis, weight, where, name) -> Problem:
     if type(target) is not np.ndarray:
         target = as_array(xp, x, target, "target")
     t = v.target_array(target, x, ax, opts.ignore_index)
-    w = mask = None
+    w = None
     if weight is not None:
         weight = as_array(xp, x, weight, "weight")
         w = v.class_weight(weight, n_classes, allow_negative=opts.semantics.negative_weight)
-    if where is not None:
-        mask = where_array(xp, x, where)
-    moved = _classes_last(np, x, ax)
-    batch = moved.shape[:-1]
-    x2 = moved.reshape(-1, n_classes)  # a view when possible, else a copy
-    if t.dtype.kind == "f":
-        t2 = _classes_last(np, t, ax).reshape(-1, n_classes)
-    elif t.ndim == 1 and t.dtype == np.int64:
-        t2 = t
-    else:
-        t2 = t.reshape(-1).astype(np.int64, copy=False)
-    m2 = None if mask is None else _classes_last(np, mask, ax).reshape(-1, n_classes)
-    return Problem(xp, x, ax, x2, t2, w, m2, batch, opts)
+    mask = where_array(xp, x, where)
+    return problem_of(x, t, opts, axis=ax, weight=w, where=mask)

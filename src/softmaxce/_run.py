@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,6 +37,9 @@ def _dloss(p: Problem, dloss: Any, dtype: Any, *, floats: bool = False) -> Array
     if dloss is None:
         return xp.ones(shape, dtype=dtype, device=_dev(p.x2))
     d = as_array(xp, p.x2, dloss, "dloss")
+    if not (xp.isdtype(d.dtype, "real floating") or xp.isdtype(d.dtype, "integral")):
+        msg = f"dloss must be a real array or number, got dtype {d.dtype}"  # (not cast away)
+        raise TypeError(msg)
     if tuple(d.shape) != tuple(shape):
         what = "a scalar" if shape == () else f"an array of the loss's shape {shape}"
         msg = f"dloss must be {what}, got shape {tuple(d.shape)}"
@@ -148,8 +151,8 @@ def _unit_weights(p: Problem) -> Problem:
     sem, w = p.opts.semantics, p.weight
     if w is None or p.opts.reduction != "mean" or sem.mean_by(p.soft) != "mass":
         return p
-    if sem.empty == "one":  # W == 0 would become 1: the scale would not cancel
-        return p
+    if sem.empty == "one" or sem.unit_mass:  # W == 0 would become 1, or a row's loss is not
+        return p  # proportional to the weights (lse - sum w q z): the scale would not cancel
     big = float(np.max(np.abs(w)))
     if big == 0:
         return p
@@ -167,8 +170,11 @@ def _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype):
     (``reduce.FLOATS``) and the rows come from :func:`_numpy_rows`."""
     if numpy and p.weight is not None:
         p = _unit_weights(p)
+    sem, masked = p.opts.semantics, p.where is not None
+    if numpy and sem.core_only(p.opts, soft=p.soft, weighted=p.weight is not None, masked=masked):
+        backend = "numpy"  # (a framework's rule that only the core implements)
     xp, opts, target = p.xp, p.opts, p.target
-    sem, reduction = opts.semantics, opts.reduction
+    reduction = opts.reduction
     n, c = p.x2.shape
     wide = np.float64 if numpy else wide_dtype(xp, p.x2.dtype)
     ctx = rows.row_context(p.x2, target, c, opts, p.where)
@@ -267,10 +273,8 @@ def _numpy_grad(p: Problem, grad2: np.ndarray, inplace: bool) -> np.ndarray:
 
 def run_probs(p: Problem, *, want_grad: bool, dloss: Any = None) -> Any:
     """Cross-entropy on probabilities ``p.x``: the loss, or its gradient with ``want_grad``."""
-    if p.numpy:
-        with np.errstate(**_ERRSTATE):
-            return _run_probs(p, want_grad, dloss)
-    return _run_probs(p, want_grad, dloss)
+    with np.errstate(**_ERRSTATE):
+        return _run_probs(p, want_grad, dloss)
 
 
 def _run_probs(p: Problem, want_grad: bool, dloss: Any) -> Any:
@@ -289,3 +293,77 @@ def _run_probs(p: Problem, want_grad: bool, dloss: Any) -> Any:
     scale = reduce.row_scale(_dloss(p, dloss, wide), opts.reduction, total, n)
     grad = probs.ce_grad(p.x2, p.target, ctx, scale, weight=p.weight)
     return p.to_layout(xp.astype(grad, p.x.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# The core path in two halves, for front ends that own their backward (an autograd Function):
+# the forward keeps the per-row statistics (O(N)), the backward turns them into the gradient.
+# --------------------------------------------------------------------------------------------
+
+
+class CoreState(NamedTuple):
+    """What the gradient of a problem needs from its forward: all (N,) or 0-d arrays."""
+
+    ctx: rows.RowContext
+    total: Array | None  # the mean's W (after the empty rule), None unless "mean"
+    stats: rows.RowStats
+
+
+def _context(p: Problem) -> tuple[rows.RowContext, Array | None]:
+    """The row context and the mean's denominator of ``p``."""
+    ctx = rows.row_context(p.x2, p.target, p.x2.shape[1], p.opts, p.where)
+    if p.opts.reduction != "mean":
+        return ctx, None
+    sem = p.opts.semantics
+    wide = wide_dtype(p.xp, p.x2.dtype)
+    total = reduce.denominator(
+        p.target, p.weight, ctx, sem.mean_by(p.soft), sem.empty, p.x.shape[0], wide
+    )
+    return ctx, total
+
+
+def core_state(p: Problem) -> CoreState:
+    """The statistics of every row of ``p`` by the core (one block of all the classes)."""
+    ctx, total = _context(p)
+    stats = rows.row_stats(p.x2, p.target, 0, p.opts, ctx, weight=p.weight, where=p.where)
+    return CoreState(ctx, total, stats)
+
+
+def core_loss(p: Problem, state: CoreState) -> Any:
+    """The loss of ``p`` from its :func:`core_state` (quirks and reduction included)."""
+    loss_rows = _quirky_loss(p, state.ctx, rows.row_loss(state.stats, p.opts, state.ctx))
+    return _output(p, reduce.reduce(loss_rows, p.opts.reduction, state.total))
+
+
+def core_grad(p: Problem, state: CoreState, dloss: Any = None, grad_dtype: Any = None) -> Array:
+    """``dloss * d loss / d logits`` of ``p`` from its :func:`core_state`, in the logits'
+    layout; the same as :func:`run`'s gradient on the core."""
+    n = p.x2.shape[0]
+    wide = wide_dtype(p.xp, p.x2.dtype)
+    scale = reduce.row_scale(_dloss(p, dloss, wide), p.opts.reduction, state.total, n)
+    g = rows.row_grad(
+        p.x2, p.target, 0, state.stats, scale, p.opts, state.ctx, weight=p.weight, where=p.where
+    )
+    if state.total is not None:
+        g = _zero_if_empty(p, state.total, g)
+    g = _quirky_grad(p, state.ctx, state.total, g)
+    return p.to_layout(p.xp.astype(g, grad_dtype or p.x.dtype))
+
+
+def for_autograd(p: Problem) -> Problem:
+    """``p`` with the logits of the rows that carry no weight set to 0, for a caller that
+    differentiates the core with autograd (gradients of a target or of class weights, double
+    backward).
+
+    Such rows (ignored, no class allowed, or every row when the mean's W is 0) have loss 0 and
+    gradient 0 whatever their logits; but a zero upstream gradient does not stop a NaN logit
+    in a backward (``0 * NaN``), so they are zeroed before the core sees them. Semantics that
+    keep a framework's NaN gradients on such rows (``nan_nonfinite_row_grad``) are left alone.
+    """
+    if p.opts.semantics.nan_nonfinite_row_grad:
+        return p
+    ctx, total = _context(p)
+    live = ctx.keep
+    if total is not None:
+        live = live & (total != 0) & (total == total)
+    return dataclasses.replace(p, x2=p.xp.where(live[:, None], p.x2, 0.0))

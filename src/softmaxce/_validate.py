@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ._core._xp import namespace
+
 REDUCTIONS = ("none", "sum", "mean")
 SOFT_TARGET_LOSSES = ("cross-entropy", "kl-divergence")
 BACKENDS = ("auto", "numpy", "numba")
@@ -259,9 +261,18 @@ def class_weight(
 
 
 def target_array(
-    target: Any, logits: np.ndarray, axis: int, ignore_index: int, name: str = "target"
+    target: Any,
+    logits: np.ndarray,
+    axis: int,
+    ignore_index: int,
+    name: str = "target",
+    ignore_name: str = "ignore_index",
 ) -> np.ndarray:
-    """Check a target against the logits: integer class indices or a float distribution."""
+    """Check a target against the logits: integer class indices or a float distribution.
+
+    ``name`` and ``ignore_name`` are the caller's names of the target and of the ignore index
+    (a compat mode's ``t``, ``ignore_label``), for the messages.
+    """
     t = as_array(target, name)
     kind = t.dtype.kind
     if kind == "b":
@@ -288,21 +299,54 @@ def target_array(
             f"axis {axis}, i.e. {batch_shape}, got {t.shape}"
         )
         raise ValueError(msg)
-    n_classes = logits.shape[axis]
-    if _all_in_range(t, n_classes):
-        return t
+    check_labels(t, logits.shape[axis], ignore_index, name, ignore_name)
+    return t
+
+
+def check_labels(
+    t: Any,
+    n_classes: int,
+    ignore_index: int,
+    name: str = "target",
+    ignore_name: str = "ignore_index",
+) -> None:
+    """THE label-range check of every front end: each integer label in ``[0, n_classes)`` or
+    equal to ``ignore_index`` (:data:`NO_IGNORE`: nothing is ignored), else a ValueError
+    naming ``name``, the first bad label and its position.
+
+    ``t`` is a NumPy array, or an array of another library whose values can be read without a
+    device synchronisation or a trace (torch or JAX on the CPU; the caller decides, see
+    ``_problem.readable``).
+    """
+    if isinstance(t, np.ndarray) and _all_in_range(t, n_classes):
+        return
     bad = (t < 0) | (t >= n_classes)
     if ignore_index != NO_IGNORE:  # (the NO_IGNORE label is out of range: see NO_IGNORE)
-        bad &= t != ignore_index
-    if bad.any():
-        pos = tuple(int(i) for i in np.argwhere(bad)[0])
-        also = "" if ignore_index == NO_IGNORE else f" or ignore_index={ignore_index}"
-        msg = (
-            f"{name} must hold class indices in [0, {n_classes}){also}; got {t[pos]} at "
-            f"position {pos}"
-        )
-        raise ValueError(msg)
-    return t
+        bad = bad & (t != ignore_index)
+    if isinstance(t, np.ndarray):
+        if not bad.any():
+            return
+        host = bad
+    else:
+        if not bool(namespace(bad).any(bad)):
+            return
+        host = to_host(bad)
+    pos = tuple(int(i) for i in np.argwhere(host)[0])
+    also = "" if ignore_index == NO_IGNORE else f" or {ignore_name}={ignore_index}"
+    msg = (
+        f"{name} must hold class indices in [0, {n_classes}){also}; got {int(t[pos])} at "
+        f"position {pos}"
+    )
+    raise ValueError(msg)
+
+
+def to_host(a: Any) -> np.ndarray:
+    """A readable array of any library (NumPy; torch, JAX, array-api-strict on the CPU) as a
+    NumPy array, without a copy where the library allows (DLPack), detached from autograd."""
+    if isinstance(a, np.ndarray):
+        return a
+    detach = getattr(a, "detach", None)  # a torch tensor that may require grad
+    return np.from_dlpack(detach() if detach is not None else a)
 
 
 # Signed integer dtypes (native byte order) and their unsigned twins, for _all_in_range.

@@ -36,6 +36,9 @@ import numpy as np
 
 from . import _api
 from . import _validate as v
+from ._options import loss_options
+from ._problem import prepare
+from ._run import run
 
 __all__ = ["CrossEntropy", "LogSoftmax", "Softmax", "SoftmaxCrossEntropy"]
 
@@ -112,7 +115,7 @@ class SoftmaxCrossEntropy:
     scales it by ``dloss`` (a scalar, or per position for ``reduction="none"``). Accepts every
     option of :func:`softmaxce.softmax_cross_entropy`, ``inplace`` and ``backend`` included;
     unknown ones and values that are invalid whatever the arrays raise here, not at
-    ``forward``.
+    ``forward``, where the options are not validated again.
     """
 
     OPTIONS = (*_api.LOSS_DEFAULTS, "inplace", "backend")
@@ -120,22 +123,34 @@ class SoftmaxCrossEntropy:
     def __init__(self, **opts: Any) -> None:
         v.options(opts, self.OPTIONS, "SoftmaxCrossEntropy")
         self.opts = opts
+        full = {**_api.LOSS_DEFAULTS, **opts}
+        self._loss_opts = loss_options(
+            **{k: full[k] for k in _api.LOSS_DEFAULTS if k not in _ARRAY_OPTIONS}
+        )
+        self._arrays = {k: full[k] for k in _ARRAY_OPTIONS}
+        self._inplace = v.flag(opts.get("inplace", False), "inplace")
+        self._backend = v.backend(opts.get("backend", "auto"))
         self._grad: np.ndarray | None = None
         self._dtype: np.dtype = np.dtype(np.float64)
         self._loss_shape: tuple[int, ...] = ()
 
     def forward(self, logits: Any, target: Any) -> Any:
-        opts = {**_api.LOSS_DEFAULTS, "inplace": False, "backend": "auto", **self.opts}
-        self._dtype = v.as_array(logits, "logits").dtype
+        arrays = self._arrays
+        if self._inplace:
+            v.inplace_buffer(logits)
+            v.disjoint_from_buffer(
+                logits, target=target, weight=arrays["weight"], where=arrays["where"]
+            )
+        problem = prepare(logits, target, self._loss_opts, **arrays)
+        self._dtype = problem.x.dtype
         # float16: keep the float32 gradient so that backward rounds to float16 only once.
-        half = self._dtype == np.float16 and not opts["inplace"]
-        loss, self._grad = _api.fused(
-            logits,
-            target,
+        half = self._dtype == np.float16 and not self._inplace
+        loss, self._grad = run(
+            problem,
             want_grad=True,
-            dloss=None,
+            inplace=self._inplace,
+            backend=self._backend,
             grad_dtype=np.float32 if half else None,
-            **opts,
         )
         self._dtype = self._grad.dtype if not half else self._dtype  # type: ignore[union-attr]
         self._loss_shape = np.shape(loss)
@@ -149,3 +164,7 @@ class SoftmaxCrossEntropy:
         if d.ndim:  # per position ("none"): broadcast along the class axis
             d = np.expand_dims(d, v.class_axis(self.opts.get("axis", -1), grad.ndim))
         return (grad * d).astype(self._dtype, copy=False)
+
+
+# The options that are arrays or the class axis: given to prepare per call, not LossOptions.
+_ARRAY_OPTIONS = ("axis", "weight", "where")

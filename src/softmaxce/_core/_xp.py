@@ -65,12 +65,15 @@ def wide_dtype(xp: Any, dtype: Any) -> Any:
 
 
 def xmul(xp: Any, a: Array, b: Array) -> Array:
-    """``a * b`` with ``0 * anything = 0`` (``q log q`` at ``q = 0``; ``q (z - m)`` at -inf).
+    """``a * b`` with ``0 * inf = 0`` (``q log q`` at ``q = 0``; ``q (z - m)`` at ``z = -inf``).
 
-    Written as ``a * where(a == 0, 0, b)`` rather than ``where(a == 0, 0, a * b)``, so that
-    autograd never multiplies a zero upstream gradient by an infinite ``b`` (which gives NaN).
+    Written as ``a * where((a == 0) & isinf(b), 0, b)``: autograd then never multiplies a
+    zero upstream gradient by an infinite ``b`` (which gives NaN), and the derivative with
+    respect to ``a`` stays ``b`` where ``b`` is finite, also at ``a = 0`` (the gradient of a
+    probability target or a class weight at its zero entries). The sign of a zero product
+    follows ``b``'s.
     """
-    return a * xp.where(a == 0, 0.0, b)
+    return a * xp.where((a == 0) & xp.isinf(b), 0.0, b)
 
 
 def is_numpy(xp: Any) -> bool:

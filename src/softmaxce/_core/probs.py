@@ -43,4 +43,5 @@ def ce_grad(
     p = xp.astype(probs, acc)
     wy = _wy(xp, acc, p, target, ctx, weight)
     r = xp.astype(row_scale, acc)
-    return xmul(xp, wy, -1.0 / p) * (r if r.ndim == 0 else r[:, None])
+    # (0 - ...: a zero term is +0 whatever the signs of 1/p and the row scale)
+    return 0.0 - xmul(xp, wy, 1.0 / p) * (r if r.ndim == 0 else r[:, None])

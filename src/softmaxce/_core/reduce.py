@@ -94,6 +94,7 @@ def denominator(
         mass = target_mass(target, weight, ctx, dtype)
         total = FLOATS.total(mass) if floats else xp.sum(mass)
     elif mean_by in ("mass", "valid"):  # (index targets without weights: their mass is 1)
+        # (the Array API sums no bools)
         total = FLOATS.count(ctx.keep) if floats else xp.sum(xp.astype(ctx.keep, dtype))
     else:
         count = float(target.shape[0] if mean_by == "positions" else n_batch)

@@ -40,6 +40,18 @@ Gradient of ``L_i`` with respect to ``z_ic`` (exact also for targets that do not
 ``p_c`` is close to 1 (``x = [40, 0, 0]`` with label 0 gives -8.5e-18, not 0). With a softcap
 the chain rule multiplies by ``1 - tanh(x / cap)**2``, formed as ``4 e / (1 + e)**2`` with
 ``e = exp(-2 |x / cap|)``, which does not cancel for large ``|x / cap|``.
+
+Three flags of ``opts.semantics`` (:mod:`softmaxce._semantics`) make the loss another function
+of the same statistics, so blocks and :func:`merge` are unchanged; each is off in softmaxce's
+own semantics:
+
+* ``kl_eps``: ``K = sum_c w_c q_c log(q_c + kl_eps)`` (Chainer's ``log(t + 1e-7)``).
+* ``unit_mass``: ``S`` is taken as 1, ``L_i = lse_i - sum_c w_c q_c z_c = S log s - T
+  + (1 - S) ref(m)``, gradient ``p_c - w_c q_c`` (MXNet's backward, right only for targets
+  that sum to 1).
+* ``label_keeps_logit``: an index label outside ``where`` enters ``T`` with its own (capped)
+  logit, and its gradient column ``-w_t q_t`` is kept (optax's integer labels); otherwise its
+  probability is 0 and the loss ``+inf``.
 """
 
 from __future__ import annotations
@@ -146,7 +158,22 @@ def _allowed_weight(xp, acc, shape, weight, where, device):
     return w if where is None else xp.where(where, w, 0.0)
 
 
-def _index_sums(xp, acc, d, target, col_offset, opts, ctx, weight, where):
+def _log_q(xp: Any, q: Array, opts: Any) -> Array:
+    """``log(q + kl_eps)``, the log of the K term: ``kl_eps`` is 0 but for a framework that
+    offsets it (semantics flag ``kl_eps``: Chainer's ``log(t + 1e-7)``)."""
+    kl_eps = opts.semantics.kl_eps
+    return xp.log(q + kl_eps) if kl_eps else xp.log(q)
+
+
+def _label_d(xp, acc, x, d, m, local, opts, where):
+    """``z_t - ref(m)`` at each row's label ``local``: from the masked ``d``, or (semantics
+    flag ``label_keeps_logit``, optax) from the label's own logit even outside ``where``."""
+    if where is None or not opts.semantics.label_keeps_logit:
+        return _take(xp, d, local)
+    return capped(xp, _take(xp, x, local), acc, opts.softcap) - max_ref(xp, m)
+
+
+def _index_sums(xp, acc, x, d, m, target, col_offset, opts, ctx, weight, where):
     """``(S, T, K)`` of a block for class-index targets, without a dense one-hot."""
     eps = opts.label_smoothing
     local, hit = _gold(xp, target, col_offset, d.shape[1], opts, ctx)
@@ -155,7 +182,7 @@ def _index_sums(xp, acc, d, target, col_offset, opts, ctx, weight, where):
     else:
         w_t = xp.take(xp.astype(weight, acc), local)
     mass = xp.where(hit, (1.0 - eps) * w_t, 0.0)
-    tz = xmul(xp, mass, _take(xp, d, local))
+    tz = xmul(xp, mass, _label_d(xp, acc, x, d, m, local, opts, where))
     kl = xp.zeros_like(mass)
     if eps:
         sp = ctx.spread
@@ -167,10 +194,10 @@ def _index_sums(xp, acc, d, target, col_offset, opts, ctx, weight, where):
         t_allowed = hit if where is None else hit & _take(xp, where, local)
         sp = ctx.spread if eps else xp.zeros_like(mass)
         q_t = (1.0 - eps) + xp.where(t_allowed, sp, 0.0)
-        kl = xmul(xp, xp.where(hit, w_t * q_t, 0.0), xp.log(q_t))
+        kl = xmul(xp, xp.where(hit, w_t * q_t, 0.0), _log_q(xp, q_t, opts))
         if eps:
             other_w = sum_w - xp.where(t_allowed, w_t, 0.0)
-            kl = kl + xmul(xp, sp * other_w, xp.log(sp))
+            kl = kl + xmul(xp, sp * other_w, _log_q(xp, sp, opts))
     return mass, tz, kl
 
 
@@ -195,7 +222,7 @@ def _soft_sums(xp, acc, d, y, opts, ctx, weight, where):
     q, wq = _soft_wq(xp, acc, y, opts, ctx, weight, where)
     mass = xp.sum(wq, axis=1)
     tz = xp.sum(xmul(xp, wq, d), axis=1)
-    kl = xp.sum(xmul(xp, wq, xp.log(q)), axis=1) if opts.kl else xp.zeros_like(mass)
+    kl = xp.sum(xmul(xp, wq, _log_q(xp, q, opts)), axis=1) if opts.kl else xp.zeros_like(mass)
     return mass, tz, kl
 
 
@@ -226,7 +253,7 @@ def row_stats(
     d = z - max_ref(xp, m)[:, None]
     _, ties, rest = split_sum(xp, d, 1)
     if target.ndim == 1:
-        sums = _index_sums(xp, acc, d, target, col_offset, opts, ctx, weight, where)
+        sums = _index_sums(xp, acc, x, d, m, target, col_offset, opts, ctx, weight, where)
     else:
         sums = _soft_sums(xp, acc, d, target, opts, ctx, weight, where)
     return RowStats(m, ties[:, 0], rest[:, 0], *sums)
@@ -242,7 +269,10 @@ def merge(a: RowStats, b: RowStats) -> RowStats:
     m = xp.maximum(a.m, b.m)
     ref = max_ref(xp, m)
     ref_a, ref_b = max_ref(xp, a.m), max_ref(xp, b.m)
-    scale_a, scale_b = xp.exp(ref_a - ref), xp.exp(ref_b - ref)
+    # a side with no terms (m = -inf) is scaled by 1, not exp(0 - ref): inf below ref = -709,
+    # and inf * 0 = NaN would poison the other side's row
+    scale_a = xp.exp(xp.where(a.m == NEG_INF, 0.0, ref_a - ref))
+    scale_b = xp.exp(xp.where(b.m == NEG_INF, 0.0, ref_b - ref))
     top_a, top_b = a.m == m, b.m == m
     ties = xp.where(top_a, a.ties, 0.0) + xp.where(top_b, b.ties, 0.0)
     rest = (a.rest + xp.where(top_a, 0.0, a.ties)) * scale_a + (
@@ -264,7 +294,10 @@ def row_loss(stats: RowStats, opts: Any, ctx: RowContext) -> Array:
     where the array library has it (the per-row terms are in the accumulation dtype)."""
     xp = namespace(stats.m)
     log_s = log_sum(xp, stats.ties, stats.rest)
-    loss = stats.mass * log_s - stats.tz  # (a NaN logit makes log_s NaN: NaN, whatever S)
+    if opts.semantics.unit_mass:  # S taken as 1 (MXNet): lse - sum w q z = L + (1 - S) lse
+        loss = log_s - stats.tz + (1.0 - stats.mass) * max_ref(xp, stats.m)
+    else:
+        loss = stats.mass * log_s - stats.tz  # (a NaN logit makes log_s NaN: NaN, whatever S)
     if opts.kl:
         loss = loss + stats.kl
     loss = xp.astype(loss, wide_dtype(xp, loss.dtype))
@@ -280,14 +313,19 @@ def _z_term(xp: Any, stats: RowStats, z_loss: float, dtype: Any) -> Array:
     return z_loss * (lse_w * lse_w)
 
 
+def _label_cols(xp, target, col_offset, width, opts, ctx):
+    """(N, width) bool: the label's column of each row that counts, in this block."""
+    local, hit = _gold(xp, target, col_offset, width, opts, ctx)
+    cols = xp.arange(width, dtype=local.dtype, device=_dev(target))
+    return (cols[None, :] == local[:, None]) & hit[:, None]
+
+
 def _target_weight_block(xp, acc, shape, target, col_offset, opts, ctx, weight, where):
     """``w_c q_c`` of the block, dense (N, width)."""
     if target.ndim == 2:
         return _soft_wq(xp, acc, target, opts, ctx, weight, where)[1]
     eps = opts.label_smoothing
-    local, hit = _gold(xp, target, col_offset, shape[1], opts, ctx)
-    cols = xp.arange(shape[1], dtype=local.dtype, device=_dev(target))
-    onehot = (cols[None, :] == local[:, None]) & hit[:, None]
+    onehot = _label_cols(xp, target, col_offset, shape[1], opts, ctx)
     w = _allowed_weight(xp, acc, shape, weight, None, _dev(target))
     wq = xp.where(onehot, (1.0 - eps) * w, 0.0)
     if eps:
@@ -318,7 +356,7 @@ def row_grad(
     e = xp.exp(d)
     ties, rest = stats.ties[:, None], stats.rest[:, None]
     s = ties + rest
-    coef = stats.mass
+    coef = xp.ones_like(stats.mass) if opts.semantics.unit_mass else stats.mass
     if opts.z_loss:  # S + 2 z_loss lse, formed in float64 where available (as _z_term)
         wide = wide_dtype(xp, acc)
         coef = xp.astype(
@@ -332,6 +370,8 @@ def row_grad(
     if opts.softcap is not None:
         g = g * cap_slope(xp, x, acc, opts.softcap)
     live = ctx.keep[:, None] if where is None else ctx.keep[:, None] & where
+    if where is not None and target.ndim == 1 and opts.semantics.label_keeps_logit:
+        live = live | _label_cols(xp, target, col_offset, x.shape[1], opts, ctx)  # optax
     return xp.where(live, g, 0.0)
 
 

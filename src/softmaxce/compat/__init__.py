@@ -3,7 +3,8 @@
 Each submodule has the original's name, signature, defaults and semantics, so that porting is
 a change of import, plus a ``*_with_grad`` twin that also returns the gradient with respect to
 the logits. Every mode is a mapping of the framework's options onto the one core of
-:mod:`softmaxce` (see ``_common.TABLE``), checked against golden files recorded from the real
+:mod:`softmaxce` under the framework's row of ``softmaxce._semantics.TABLE`` (its argument
+names and dtypes: ``_common.CHECKS``), checked against golden files recorded from the real
 frameworks. Documented differences are listed in ``docs/compat/<framework>.md``.
 
 - :mod:`softmaxce.compat.mxnet`: ``SoftmaxOutput`` (MXNet 1.x)

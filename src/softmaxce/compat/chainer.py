@@ -18,14 +18,13 @@ from typing import Any
 import numpy as np
 
 from .. import _validate as v
-from .._core._xp import xmul
 from . import _common
 
 __all__ = ["softmax_cross_entropy", "softmax_cross_entropy_with_grad"]
 
-_SEM = _common.TABLE["chainer"]
-# Chainer's KL divergence takes log(t + eps) of the target, not log(t).
-KL_EPS = 1e-7
+_CHK = _common.CHECKS["chainer"]
+# The semantics, rows of softmaxce._semantics.TABLE (normalize=True, normalize=False).
+_SEMANTICS = {True: "chainer", False: "chainer-batch"}
 
 
 def _class_weight(class_weight: Any) -> np.ndarray | None:
@@ -45,58 +44,30 @@ def _class_weight(class_weight: Any) -> np.ndarray | None:
 def _call(
     x, t, normalize, class_weight, ignore_label, reduce, soft_target_loss, *, want_grad, dloss
 ):
-    red = _common.choice(reduce, ("mean", "no"), "reduce")
-    kind = _common.choice(soft_target_loss, ("cross-entropy", "kl-divergence"), "soft_target_loss")
-    arr = _common.logits_array(_SEM, x)
+    red = v.choice(reduce, ("mean", "no"), "reduce")
+    kind = v.choice(soft_target_loss, ("cross-entropy", "kl-divergence"), "soft_target_loss")
+    arr = _common.logits_array(_CHK, x)
     if arr.ndim < 2:
         msg = f"x must have 2 or more dimensions (N, C, ...), got shape {arr.shape}"
         raise ValueError(msg)
     w = _class_weight(class_weight)
     labels = v.as_array(t, "t")
+    kw = {"axis": 1, "want_grad": want_grad, "dloss": dloss, "reduction": "mean"}
+    if red == "no":
+        kw["reduction"] = "none"
     if labels.dtype.kind == "f":
         # Soft targets: no class weight, no ignored entries, the mean over positions (also
-        # with normalize=False), KL with Chainer's log(t + 1e-7).
-        loss, grad, p = _common.run(
-            _SEM,
-            arr,
-            labels,
-            axis=1,
-            want_grad=want_grad,
-            dloss=dloss,
-            reduction="none" if red == "no" else "mean",
-        )
-        if kind == "kl-divergence":
-            # sum_c t log(t + eps): a constant of the target, so the gradient is unchanged.
-            with np.errstate(divide="ignore", invalid="ignore"):
-                tq = p.target.astype(np.float64)
-                offset = np.sum(xmul(np, tq, np.log(tq + KL_EPS)), axis=1)
-            if red == "no":
-                loss = (loss + offset).astype(loss.dtype)
-            else:
-                n_pos = max(offset.size, 1)
-                loss = type(loss)(float(loss) + float(offset.sum()) / n_pos)
-        # Chainer forms t * log_softmax: 0 * -inf = NaN at a -inf logit with a zero target.
-        nan_pos = _common.zero_times_log_zero(np.moveaxis(p.x, 1, -1), np.moveaxis(p.target, 1, -1))
-        return _common.with_nan(loss, nan_pos, "none" if red == "no" else "mean"), grad
+        # with normalize=False), KL with Chainer's log(t + 1e-7) (the row's kl_eps).
+        return _common.call(_CHK, "chainer", arr, labels, kl=kind == "kl-divergence", **kw)
     if labels.dtype.kind not in "iu":
         msg = (
             f"t must be signed integer labels or a floating-point soft target of x's shape, "
             f"got dtype {labels.dtype}"
         )
         raise TypeError(msg)
-    loss, grad, _ = _common.run(
-        _SEM,
-        arr,
-        labels,
-        axis=1,
-        want_grad=want_grad,
-        dloss=dloss,
-        reduction="none" if red == "no" else "mean",
-        weight=w,
-        ignore_index=ignore_label,
-        mean_by="valid" if normalize else "batch",
-    )
-    return loss, grad
+    ignore = v.ignore_index(ignore_label, "ignore_label")
+    sem = _SEMANTICS[bool(normalize)]
+    return _common.call(_CHK, sem, arr, labels, weight=w, ignore=ignore, **kw)
 
 
 def softmax_cross_entropy(

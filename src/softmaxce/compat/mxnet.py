@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from .. import _validate as v
-from .._core import softmax as core
+from .._core.softmax import softmax
 from . import _common
 
 __all__ = ["SoftmaxOutput", "SoftmaxOutput_with_grad"]
 
-_SEM = _common.TABLE["mxnet"]
+_CHK = _common.CHECKS["mxnet"]  # the semantics: softmaxce._semantics.TABLE["mxnet"]
 NORMALIZATIONS = ("null", "batch", "valid")
 
 
@@ -129,7 +129,7 @@ def _call(
     want_grad,
     ograd,
 ):
-    x = _common.logits_array(_SEM, data)
+    x = _common.logits_array(_CHK, data)
     if x.ndim < 2:
         msg = f"data must have 2 or more dimensions (batch, ...), got shape {x.shape}"
         raise ValueError(msg)
@@ -143,7 +143,7 @@ def _call(
     if lab.dtype.kind not in "iuf":
         msg = f"label must be a real array (class indices or probabilities), got {lab.dtype}"
         raise TypeError(msg)
-    norm = _common.choice(normalization, NORMALIZATIONS, "normalization")
+    norm = v.choice(normalization, NORMALIZATIONS, "normalization")
     scale = v.real_scalar(grad_scale, "grad_scale")
     ignore = v.real_scalar(ignore_label, "ignore_label")
     alpha = v.real_scalar(smooth_alpha, "smooth_alpha")
@@ -155,8 +155,8 @@ def _call(
     if not prob:
         row_labels, spatial = _row_labels(x.shape, lab, bool(multi_output), bool(preserve_shape))
     rows = to_rows(x)
-    with np.errstate(all="ignore"):
-        out = from_rows(core.softmax(rows, -1, None))
+    with np.errstate(all="ignore"):  # the core's softmax, whichever kernels are loaded
+        out = from_rows(softmax(rows, 1, None))
     if not want_grad:
         return out, None
 
@@ -165,10 +165,12 @@ def _call(
         head = v.float_array(ograd, "ograd")
         v.same_shape(x, head, "data", "ograd")
     if prob:
-        # Probability labels: grad_scale * (p - label), nothing else (no normalisation,
-        # ignore or smoothing), as MXNet's backward.
-        grad = (scale * (out.astype(np.float64) - lab)).astype(x.dtype)
-        return out, grad if head is None else (grad * head).astype(x.dtype)
+        # Probability labels: grad_scale * (p - label) (the row's unit_mass), nothing else (no
+        # normalisation, ignore or smoothing), as MXNet's backward.
+        _, grad = _common.run(
+            "mxnet", rows, to_rows(lab), axis=1, want_grad=True, dloss=scale, reduction="sum"
+        )
+        return out, _head(from_rows(grad), head)
 
     n_classes = rows.shape[1]
     ignored = _ignored(row_labels, ignore) if use_ignore else np.zeros(row_labels.shape, bool)
@@ -200,24 +202,27 @@ def _call(
         # MXNet: target 1 - alpha, others alpha / (C - 1); the core: (1 - eps) + eps / C and
         # eps / C. Equal for eps = alpha * C / (C - 1).
         eps = alpha * n_classes / (n_classes - 1)
-    _, g, _ = _common.run(
-        _SEM,
+    _, g = _common.run(
+        "mxnet",
         rows,
         t_rows,
-        axis=-1,
+        axis=1,
         want_grad=True,
         # A "batch" or "null" count of 0 means that data has no element (an empty batch, or
         # multi_output with spatial size 0): MXNet's float division by 0 then scales an empty
         # gradient, which stays empty; so does ours, whatever the scale.
         dloss=scale / denom if denom else 0.0,
         reduction="sum",
-        ignore_index=-1 if use_ignore else None,
+        ignore=-1 if use_ignore else _common.NO_IGNORE,
         label_smoothing=eps,
     )
-    grad = from_rows(g)
-    if head is not None:
-        grad = (grad * head).astype(x.dtype)
-    return out, grad
+    return out, _head(from_rows(g), head)
+
+
+def _head(grad: np.ndarray, head: np.ndarray | None) -> np.ndarray:
+    """With ``out_grad=True``: the gradient times the head gradient ``ograd``, element-wise
+    (MXNet's documented intent)."""
+    return grad if head is None else (grad * head).astype(grad.dtype)
 
 
 def SoftmaxOutput(

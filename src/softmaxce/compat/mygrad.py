@@ -20,12 +20,13 @@ from . import _common
 
 __all__ = ["softmax_crossentropy", "softmax_crossentropy_with_grad"]
 
-_SEM = _common.TABLE["mygrad"]
+_CHK = _common.CHECKS["mygrad"]  # the semantics: softmaxce._semantics.TABLE["mygrad"]
 
 
-def _check(x: Any, y_true: Any) -> tuple[np.ndarray, np.ndarray]:
-    """mygrad's own checks, in its order: x is 2-D, y_true is integer, y_true is (N,)."""
-    arr = v.as_array(x, "x")
+def _call(x: Any, y_true: Any, *, want_grad: bool, dloss: Any = None) -> tuple[Any, Any]:
+    """mygrad's own checks, in its order (x is 2-D, y_true is integer, y_true is (N,)), then
+    the core under mygrad's semantics."""
+    arr = _common.logits_array(_CHK, x)
     if arr.ndim != 2:
         msg = f"x must be a 2-dimensional array of shape (N, C), got {arr.ndim}-dim {arr.shape}"
         raise ValueError(msg)
@@ -36,7 +37,7 @@ def _check(x: Any, y_true: Any) -> tuple[np.ndarray, np.ndarray]:
     if y.shape != (arr.shape[0],):
         msg = f"y_true must be a shape-(N,) array with N = {arr.shape[0]}, got shape {y.shape}"
         raise ValueError(msg)
-    return arr, y
+    return _common.call(_CHK, "mygrad", arr, y, axis=1, want_grad=want_grad, dloss=dloss)
 
 
 def softmax_crossentropy(x: Any, y_true: Any, *, constant: bool | None = None) -> Any:
@@ -56,9 +57,7 @@ def softmax_crossentropy(x: Any, y_true: Any, *, constant: bool | None = None) -
     >>> round(float(softmax_crossentropy(x, np.array([0, 2]))), 8)
     0.54930614
     """
-    arr, y = _check(x, y_true)
-    loss, _, _ = _common.run(_SEM, arr, y, axis=1, want_grad=False)
-    return loss
+    return _call(x, y_true, want_grad=False)[0]
 
 
 def softmax_crossentropy_with_grad(
@@ -77,6 +76,4 @@ def softmax_crossentropy_with_grad(
     >>> g
     array([[ 0.5, -0.5]])
     """
-    arr, y = _check(x, y_true)
-    loss, grad, _ = _common.run(_SEM, arr, y, axis=1, want_grad=not constant, dloss=dloss)
-    return loss, grad
+    return _call(x, y_true, want_grad=not constant, dloss=dloss)

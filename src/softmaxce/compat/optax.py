@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from .. import _validate as v
-from .._core import softmax as core
 from . import _common
 
 __all__ = [
@@ -28,7 +27,7 @@ __all__ = [
     "softmax_cross_entropy_with_integer_labels_with_grad",
 ]
 
-_SEM = _common.TABLE["optax"]
+_CHK = _common.CHECKS["optax"]  # the semantics: softmaxce._semantics.TABLE["optax"]
 
 
 def _axes(axis: Any, shape: tuple[int, ...], *, allow_none: bool) -> tuple[int, ...]:
@@ -73,7 +72,7 @@ class _Layout:
 
 
 def _logits(logits: Any) -> np.ndarray:
-    x = _common.logits_array(_SEM, logits)
+    x = _common.logits_array(_CHK, logits)
     if x.ndim == 0:
         msg = "logits must have at least one dimension (the classes), got a 0-d array"
         raise ValueError(msg)
@@ -111,13 +110,7 @@ def _sce(logits, labels, axis, where, *, want_grad, dloss):
     if m2 is not None:
         # optax sums -labels * log_softmax only where ``where`` is True: masked labels are zero.
         q2 = np.where(m2, q2, 0.0).astype(q2.dtype)
-    loss, grad, _ = _common.run(
-        _SEM, x2, q2, axis=-1, want_grad=want_grad, dloss=dloss, reduction="none", where=m2
-    )
-    # optax forms labels * log_softmax: 0 * -inf = NaN where an unmasked logit is -inf.
-    x_live = x2 if m2 is None else np.where(m2, x2, 0.0)
-    loss = _common.with_nan(loss, _common.zero_times_log_zero(x_live, q2), "none")
-    return loss, None if grad is None else lay.from_rows(grad)
+    return _run(x2, q2, m2, lay, want_grad, dloss)
 
 
 def _int(logits, labels, axis, where, *, want_grad, dloss):
@@ -131,44 +124,26 @@ def _int(logits, labels, axis, where, *, want_grad, dloss):
     mask = _where(where, x.shape, axes)
     x2 = lay.to_rows(x)
     m2 = None if mask is None else lay.to_rows(mask)
-    # The labels are validated against the flattened class axis: shape and range.
-    t = _common.target_array(_SEM, t, x2, x2.ndim - 1)
-    masked_label = None
-    if m2 is not None:
-        at_label = np.take_along_axis(m2, t[..., None], axis=-1)[..., 0]
-        masked_label = ~at_label & m2.any(axis=-1)
-    if masked_label is None or not masked_label.any():
-        loss, grad, _ = _common.run(
-            _SEM, x2, t, axis=-1, want_grad=want_grad, dloss=dloss, reduction="none", where=m2
-        )
-        return loss, None if grad is None else lay.from_rows(grad)
-    # A label outside ``where``: optax takes ``logsumexp`` over the allowed classes minus the
-    # label's own (unmasked) logit, with gradient ``softmax_where - onehot``. The core calls
-    # such a loss +inf (its probability is 0), so these rows are ignored by the core and
-    # filled from the core's logsumexp and softmax.
-    d = v.dloss_array(dloss, lay.batch_shape) if want_grad else None
-    loss, grad, _ = _common.run(
-        _SEM,
+    # The labels are checked against the flattened class axis (shape and range); a label at
+    # a masked class keeps its logit (the row's label_keeps_logit).
+    t = _common.target_array(_CHK, t, x2, x2.ndim - 1)
+    return _run(x2, t, m2, lay, want_grad, dloss)
+
+
+def _run(x2, t2, m2, lay, want_grad, dloss):
+    """The core on the rows (class axes last and flattened): per-example losses, and the
+    gradient in the logits' layout."""
+    loss, grad = _common.run(
+        "optax",
         x2,
-        np.where(masked_label, -1, t),
-        axis=-1,
+        t2,
+        axis=x2.ndim - 1,
         want_grad=want_grad,
-        dloss=d,
+        dloss=dloss,
         reduction="none",
         where=m2,
-        ignore_index=-1,
     )
-    xr, mr, tr = x2[masked_label], m2[masked_label], t[masked_label]
-    with np.errstate(all="ignore"):
-        lse = core.logsumexp(xr, -1, False, mr).astype(np.float64)
-        g = core.softmax(xr, -1, mr).astype(np.float64)
-    loss = np.array(loss, copy=True)
-    loss[masked_label] = lse - np.take_along_axis(xr, tr[:, None], axis=-1)[:, 0]
-    if grad is None:
-        return loss, None
-    g[np.arange(len(tr)), tr] -= 1.0
-    grad[masked_label] = g * d[masked_label][:, None]
-    return loss, lay.from_rows(grad)
+    return loss, None if grad is None else lay.from_rows(grad)
 
 
 def softmax_cross_entropy(logits: Any, labels: Any, axis: Any = -1, where: Any = None) -> Any:
