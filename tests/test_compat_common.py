@@ -270,7 +270,8 @@ ONE_CALL = _one_call_per_mode()
 @pytest.mark.parametrize(("mode", "call", "n_labels"), ONE_CALL, ids=[m for m, *_ in ONE_CALL])
 def test_compat_call_validates_once(mode, call, n_labels, monkeypatch):
     """One compat call: the framework's checks once, then the run; never the public path's
-    validation (prepare, _api.fused) on top. The label-range check runs once (index targets)."""
+    validation (prepare, as the public functions call it) on top. The label-range check runs
+    once (index targets)."""
     from softmaxce import _api, _problem
     from softmaxce import _validate as v
 
@@ -289,7 +290,7 @@ def test_compat_call_validates_once(mode, call, n_labels, monkeypatch):
     monkeypatch.setattr(v, "check_labels", counting("labels", v.check_labels))
     monkeypatch.setattr(v, "class_weight", counting("weights", v.class_weight))
     monkeypatch.setattr(_problem, "prepare", refused)
-    monkeypatch.setattr(_api, "fused", refused)
+    monkeypatch.setattr(_api, "prepare", refused)
     _, grad = call()
     assert grad is not None and np.all(np.isfinite(grad))
     assert counts["labels"] == n_labels
