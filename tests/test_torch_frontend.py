@@ -539,20 +539,13 @@ NO_DYNAMO_FUNCTION_WARNING = pytest.mark.filterwarnings(
 )
 
 
-# array_api_compat's helpers, which the core calls (array namespace, device), are
-# functools.lru_cache-wrapped; dynamo traces through them and warns that it ignores the cache.
-DYNAMO_LRU_CACHE_WARNING = pytest.mark.filterwarnings(
-    "ignore:Dynamo detected a call to a `functools.lru_cache`:UserWarning"
-)
-
-
 @NO_DYNAMO_FUNCTION_WARNING
 @pytest.mark.parametrize(
     ("path", "inplace"),
     [
         ("fused", False),
         ("fused", True),
-        pytest.param("core", False, marks=DYNAMO_LRU_CACHE_WARNING),
+        ("core", False),
     ],
 )
 def test_compile_fullgraph(path, inplace):
@@ -574,7 +567,7 @@ def test_compile_fullgraph(path, inplace):
 
 
 @NO_DYNAMO_FUNCTION_WARNING
-@pytest.mark.parametrize("path", ["fused", pytest.param("core", marks=DYNAMO_LRU_CACHE_WARNING)])
+@pytest.mark.parametrize("path", ["fused", "core"])
 def test_compile_fullgraph_dynamic_shapes_prob_none(path):
     """dynamic=True: two batch sizes through one graph; the core path is what CUDA compiles."""
     torch._dynamo.reset()

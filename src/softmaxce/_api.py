@@ -6,11 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from array_api_compat import is_numpy_namespace
 
 from . import _dispatch
 from . import _validate as v
 from ._core import softmax as _softmax
+from ._core._xp import is_numpy
 from ._options import loss_options
 from ._problem import as_array, as_float, prepare, where_array
 from ._run import run, run_probs
@@ -51,7 +51,7 @@ def _unary(x: Any, axis: Any, where: Any, name: str = "x"):
 
 def _rows_kernels(xp: Any, arr: Any, ax: int, mask: Any):
     """The numba row kernels for NumPy input they cover (see _dispatch.rows_kernels)."""
-    return _dispatch.rows_kernels(arr, ax, mask) if is_numpy_namespace(xp) else None
+    return _dispatch.rows_kernels(arr, ax, mask) if is_numpy(xp) else None
 
 
 def softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> np.ndarray:

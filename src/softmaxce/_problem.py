@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from array_api_compat import device as _device
 from array_api_compat import is_array_api_obj
 
 from . import _validate as v
-from ._core._xp import Array, acc_dtype, namespace, wide_dtype
+from ._core._xp import Array, acc_dtype, device, namespace, wide_dtype
 from ._core._xp import is_numpy as is_numpy_namespace
 from ._options import LossOptions
 
@@ -58,7 +57,7 @@ def readable(a: Array) -> bool:
     if isinstance(a, np.ndarray):
         return True
     try:
-        dev = _device(a)
+        dev = device(a)
     except Exception:  # pragma: no cover - exotic array types
         return False
     if "Tracer" in type(a).__name__:  # jax.jit / jax.vmap tracers
@@ -103,6 +102,8 @@ def as_array(xp: Any, like: Array, a: Any, name: str) -> Array:
     nothing between libraries behind the caller's back (no host copies, no lost autograd).
     """
     numpy = is_numpy_namespace(xp)
+    if not numpy and isinstance(a, type(like)):  # (first: torch.compile traces this path, and
+        return a  # array-api-compat's type checks are lru_cache-wrapped, which dynamo warns of)
     if is_array_api_obj(a) and not isinstance(a, _NUMPY if numpy else type(like)):
         if not numpy and namespace(a) is xp:
             return a
@@ -118,7 +119,7 @@ def as_array(xp: Any, like: Array, a: Any, name: str) -> Array:
         return a
     # through NumPy: a Python float is float64 as for NumPy arrays (torch.asarray would round
     # it to float32, its default dtype), and a ragged list is named
-    return xp.asarray(v.as_array(a, name), device=_device(like))
+    return xp.asarray(v.as_array(a, name), device=device(like))
 
 
 def _classes_last(xp: Any, a: Array, axis: int) -> Array:

@@ -17,7 +17,7 @@ import numpy as np
 from . import _dispatch
 from . import _validate as v
 from ._core import probs, quirks, reduce, rows
-from ._core._xp import Array, wide_dtype
+from ._core._xp import Array, device, wide_dtype
 from ._problem import Problem, as_array
 
 _ERRSTATE = {"divide": "ignore", "invalid": "ignore", "over": "ignore", "under": "ignore"}
@@ -35,7 +35,7 @@ def _dloss(p: Problem, dloss: Any, dtype: Any, *, floats: bool = False) -> Array
         d = v.dloss_array(None if dloss is None else as_array(xp, p.x2, dloss, "dloss"), shape)
         return float(d) if floats and not rows_ else d
     if dloss is None:
-        return xp.ones(shape, dtype=dtype, device=_dev(p.x2))
+        return xp.ones(shape, dtype=dtype, device=device(p.x2))
     d = as_array(xp, p.x2, dloss, "dloss")
     if not (xp.isdtype(d.dtype, "real floating") or xp.isdtype(d.dtype, "integral")):
         msg = f"dloss must be a real array or number, got dtype {d.dtype}"  # (not cast away)
@@ -45,12 +45,6 @@ def _dloss(p: Problem, dloss: Any, dtype: Any, *, floats: bool = False) -> Array
         msg = f"dloss must be {what}, got shape {tuple(d.shape)}"
         raise ValueError(msg)
     return xp.astype(d, dtype)
-
-
-def _dev(a: Array) -> Any:
-    from array_api_compat import device
-
-    return device(a)
 
 
 def _nan_rows(xp: Any, a: Array, bad: Array) -> Array:

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, is_jax_namespace, is_numpy_namespace
+from array_api_compat import array_namespace
 
 Array = Any  # an array of whatever library the caller uses
 
@@ -39,7 +39,7 @@ def namespace(*arrays: Any) -> Any:
     xp = _BY_TYPES.get(key)
     if xp is None:
         xp = array_namespace(*(a for a in arrays if a is not None))
-        if is_numpy_namespace(xp) and _NUMPY_IS_ARRAY_API:
+        if is_numpy(xp) and _NUMPY_IS_ARRAY_API:
             xp = np  # NumPy >= 2.1 is an Array API namespace itself: no wrappers to pay for
         _BY_TYPES[key] = xp
     return xp
@@ -56,7 +56,7 @@ def wide_dtype(xp: Any, dtype: Any) -> Any:
     JAX has float64 only with ``jax_enable_x64``; without it a float64 request would be
     silently truncated, so the float32 accumulation is used openly instead.
     """
-    if is_jax_namespace(xp):
+    if is_jax(xp):
         import jax
 
         if not jax.config.jax_enable_x64:
@@ -76,5 +76,28 @@ def xmul(xp: Any, a: Array, b: Array) -> Array:
     return a * xp.where((a == 0) & xp.isinf(b), 0.0, b)
 
 
+def device(a: Array) -> Any:
+    """The device of ``a`` (``a.device``; None for a JAX tracer under ``jit``, which has none,
+    so that new arrays go to the default device; old JAX's ``device()`` method is called).
+
+    Read from the attribute rather than through array-api-compat's ``device``, whose type
+    checks are ``lru_cache``-wrapped: ``torch.compile`` traces through them with a warning.
+    """
+    d = getattr(a, "device", None)
+    return d() if callable(d) else d
+
+
+# Namespaces are told apart by name here, not by array-api-compat's ``is_*_namespace``, which
+# are ``lru_cache``-wrapped (``torch.compile`` warns when it traces through them).
+_NUMPY_NAMES = frozenset({"numpy", "array_api_compat.numpy"})
+_JAX_NAMES = frozenset({"jax.numpy", "jax.experimental.array_api"})
+
+
 def is_numpy(xp: Any) -> bool:
-    return xp is np or is_numpy_namespace(xp)
+    """Whether ``xp`` is NumPy or array-api-compat's wrapper of it."""
+    return xp is np or getattr(xp, "__name__", None) in _NUMPY_NAMES
+
+
+def is_jax(xp: Any) -> bool:
+    """Whether ``xp`` is ``jax.numpy``."""
+    return getattr(xp, "__name__", None) in _JAX_NAMES

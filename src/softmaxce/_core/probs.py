@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._xp import Array, acc_dtype, namespace, xmul
-from .rows import RowContext, _allowed_weight, _dev
+from ._xp import Array, acc_dtype, device, namespace, xmul
+from .rows import RowContext, _allowed_weight
 
 
 def _wy(xp, acc, p, target, ctx, weight):
@@ -20,8 +20,8 @@ def _wy(xp, acc, p, target, ctx, weight):
         if weight is not None:
             wy = wy * xp.astype(weight, acc)[None, :]
     else:
-        w = _allowed_weight(xp, acc, p.shape, weight, None, _dev(p))
-        cols = xp.arange(p.shape[1], dtype=target.dtype, device=_dev(target))
+        w = _allowed_weight(xp, acc, p.shape, weight, None, device(p))
+        cols = xp.arange(p.shape[1], dtype=target.dtype, device=device(target))
         wy = xp.where(cols[None, :] == target[:, None], w, 0.0)
     return xp.where(ctx.keep[:, None], wy, 0.0)
 

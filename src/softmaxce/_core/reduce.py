@@ -22,17 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ._xp import Array, namespace, wide_dtype
+from ._xp import Array, device, namespace, wide_dtype
 from .rows import RowContext
 
 MEAN_BY = ("mass", "valid", "positions", "batch")
 EMPTY = ("zero", "nan", "one")
-
-
-def _dev(a: Array) -> Any:
-    from array_api_compat import device
-
-    return device(a)
 
 
 class Floats:
@@ -98,7 +92,7 @@ def denominator(
         total = FLOATS.count(ctx.keep) if floats else xp.sum(xp.astype(ctx.keep, dtype))
     else:
         count = float(target.shape[0] if mean_by == "positions" else n_batch)
-        total = count if floats else xp.asarray(count, dtype=dtype, device=_dev(target))
+        total = count if floats else xp.asarray(count, dtype=dtype, device=device(target))
     return empty_rule(FLOATS if floats else xp, total, empty)
 
 

@@ -59,7 +59,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, NamedTuple
 
-from ._xp import NEG_INF, Array, acc_dtype, namespace, wide_dtype, xmul
+from ._xp import NEG_INF, Array, acc_dtype, device, namespace, wide_dtype, xmul
 from .softmax import log_sum, max_ref, split_sum
 
 
@@ -94,7 +94,7 @@ def row_context(
         if index:
             keep = target != opts.ignore_index
         else:
-            keep = xp.ones((n,), dtype=xp.bool, device=_dev(x))
+            keep = xp.ones((n,), dtype=xp.bool, device=device(x))
     else:
         counts = xp.sum(xp.astype(where, acc_dtype(xp, x.dtype)), axis=1)
         keep = counts > 0
@@ -104,7 +104,7 @@ def row_context(
     eps = opts.label_smoothing
     if not eps:
         return RowContext(keep, None)
-    share = xp.full((n,), eps, dtype=acc_dtype(xp, x.dtype), device=_dev(x)) / n_allowed
+    share = xp.full((n,), eps, dtype=acc_dtype(xp, x.dtype), device=device(x)) / n_allowed
     return RowContext(keep, xp.where(keep, share, 0.0))
 
 
@@ -120,12 +120,6 @@ def cap_slope(xp: Any, x: Array, acc: Any, softcap: float) -> Array:
     """``dz/dx = 1 - tanh(u)**2 = 4 e / (1 + e)**2``, ``u = x / softcap``, ``e = exp(-2|u|)``."""
     e = xp.exp(-2.0 * xp.abs(xp.astype(x, acc) / softcap))
     return 4.0 * e / ((1.0 + e) * (1.0 + e))
-
-
-def _dev(a: Array) -> Any:
-    from array_api_compat import device
-
-    return device(a)
 
 
 def _masked_z(xp, x, acc, opts, where):
@@ -178,7 +172,7 @@ def _index_sums(xp, acc, x, d, m, target, col_offset, opts, ctx, weight, where):
     eps = opts.label_smoothing
     local, hit = _gold(xp, target, col_offset, d.shape[1], opts, ctx)
     if weight is None:
-        w_t = xp.ones(local.shape, dtype=acc, device=_dev(d))
+        w_t = xp.ones(local.shape, dtype=acc, device=device(d))
     else:
         w_t = xp.take(xp.astype(weight, acc), local)
     mass = xp.where(hit, (1.0 - eps) * w_t, 0.0)
@@ -186,7 +180,7 @@ def _index_sums(xp, acc, x, d, m, target, col_offset, opts, ctx, weight, where):
     kl = xp.zeros_like(mass)
     if eps:
         sp = ctx.spread
-        w_allowed = _allowed_weight(xp, acc, d.shape, weight, where, _dev(d))
+        w_allowed = _allowed_weight(xp, acc, d.shape, weight, where, device(d))
         sum_w = xp.sum(w_allowed, axis=1)
         mass = mass + sp * sum_w
         tz = tz + xmul(xp, sp, xp.sum(xmul(xp, w_allowed, d), axis=1))
@@ -247,7 +241,7 @@ def row_stats(
     acc = acc_dtype(xp, x.dtype)
     n, width = x.shape
     if width == 0:
-        return _identity(xp, n, acc, _dev(x))
+        return _identity(xp, n, acc, device(x))
     z = _masked_z(xp, x, acc, opts, where)
     m = xp.max(z, axis=1)
     d = z - max_ref(xp, m)[:, None]
@@ -316,7 +310,7 @@ def _z_term(xp: Any, stats: RowStats, z_loss: float, dtype: Any) -> Array:
 def _label_cols(xp, target, col_offset, width, opts, ctx):
     """(N, width) bool: the label's column of each row that counts, in this block."""
     local, hit = _gold(xp, target, col_offset, width, opts, ctx)
-    cols = xp.arange(width, dtype=local.dtype, device=_dev(target))
+    cols = xp.arange(width, dtype=local.dtype, device=device(target))
     return (cols[None, :] == local[:, None]) & hit[:, None]
 
 
@@ -326,7 +320,7 @@ def _target_weight_block(xp, acc, shape, target, col_offset, opts, ctx, weight, 
         return _soft_wq(xp, acc, target, opts, ctx, weight, where)[1]
     eps = opts.label_smoothing
     onehot = _label_cols(xp, target, col_offset, shape[1], opts, ctx)
-    w = _allowed_weight(xp, acc, shape, weight, None, _dev(target))
+    w = _allowed_weight(xp, acc, shape, weight, None, device(target))
     wq = xp.where(onehot, (1.0 - eps) * w, 0.0)
     if eps:
         w_allowed = w if where is None else xp.where(where, w, 0.0)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._xp import NEG_INF, Array, acc_dtype, namespace
+from ._xp import NEG_INF, Array, acc_dtype, device, namespace
 
 
 def max_ref(xp: Any, m: Array) -> Array:
@@ -112,12 +112,6 @@ def softmax_jacobian(y: Array, axis: int) -> Array:
     xp = namespace(y)
     ym = xp.moveaxis(xp.astype(y, acc_dtype(xp, y.dtype)), axis, -1)
     n = ym.shape[-1]
-    eye = xp.eye(n, dtype=ym.dtype, device=_device(ym))
+    eye = xp.eye(n, dtype=ym.dtype, device=device(ym))
     jac = ym[..., :, None] * (eye - ym[..., None, :])
     return xp.moveaxis(jac, -2, axis)
-
-
-def _device(a: Array) -> Any:
-    from array_api_compat import device
-
-    return device(a)
