@@ -188,8 +188,8 @@ TINY_WEIGHTS = {
 @pytest.mark.parametrize("inplace", INPLACE)
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_tiny_class_weights_give_the_weighted_mean(request, impl, dtype, inplace, soft):
-    if not impl.numpy:
-        reason = "only NumPy class weights are rescaled by a power of two (docs/internals.md)"
+    if impl.name == "jax" and dtype == np.float64:
+        reason = "XLA on the CPU flushes float64 subnormals (these weights) to zero"
         request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
     # the mean does not depend on the weights' scale (z_loss included, which is not weighted:
     # the mean divides it by W as well); it was 0 with NaN gradients

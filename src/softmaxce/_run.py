@@ -18,7 +18,7 @@ from . import _dispatch
 from . import _validate as v
 from ._core import probs, quirks, reduce, rows
 from ._core._xp import Array, device, wide_dtype
-from ._problem import Problem, as_array
+from ._problem import Problem, as_array, readable
 
 _ERRSTATE = {"divide": "ignore", "invalid": "ignore", "over": "ignore", "under": "ignore"}
 
@@ -133,22 +133,27 @@ def _meets_non_finite(p: Problem) -> bool:
 
 
 def _unit_weights(p: Problem) -> Problem:
-    """NumPy, "mean" over the weight mass: the weights (and ``z_loss``) scaled by the power of
-    two ``2**-e`` that puts their largest magnitude in [1, 2).
+    """"mean" over the weight mass: the weights (and ``z_loss``) scaled by the power of two
+    ``2**-e`` that puts their largest magnitude in [1, 2).
 
     The scale cancels exactly in such a mean (each loss row and W scale by ``2**-e``), and the
     kernels never see weights beyond the accumulation dtype's range: weights below float32's
     smallest subnormal would round to 0 while ``1 / W`` overflows (loss 0, NaN gradients).
     ``z_loss`` may then exceed the float32 range: its terms are formed in float64. With
     "sum" and "none" the losses are proportional to the weights, and nothing is scaled.
+    Weights of other libraries are scaled where their values can be read without a device
+    synchronisation (:func:`~softmaxce._problem.readable`: on the CPU, not traced); elsewhere
+    they are used as given.
     """
     sem, w = p.opts.semantics, p.weight
     if w is None or p.opts.reduction != "mean" or sem.mean_by(p.soft) != "mass":
         return p
     if sem.empty == "one" or sem.unit_mass:  # W == 0 would become 1, or a row's loss is not
         return p  # proportional to the weights (lse - sum w q z): the scale would not cancel
-    big = float(np.max(np.abs(w)))
-    if big == 0:
+    if not (p.numpy or readable(w)):
+        return p
+    big = float(p.xp.max(p.xp.abs(w)))
+    if big == 0 or not math.isfinite(big):
         return p
     e = math.frexp(big)[1] - 1
     try:
@@ -156,13 +161,16 @@ def _unit_weights(p: Problem) -> Problem:
     except OverflowError:  # z_loss / W beyond float64: leave everything as it is
         return p
     opts = dataclasses.replace(p.opts, z_loss=z_loss)
-    return dataclasses.replace(p, weight=np.ldexp(w, -e), opts=opts)
+    if p.numpy:
+        return dataclasses.replace(p, weight=np.ldexp(w, -e), opts=opts)
+    half = -e // 2  # (two exact power-of-two factors: 2**-e alone may overflow a float)
+    return dataclasses.replace(p, weight=w * 2.0**half * 2.0 ** (-e - half), opts=opts)
 
 
 def _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype):
     """The one path; ``numpy``: W, the row scale and the reduced loss are Python floats
     (``reduce.FLOATS``) and the rows come from :func:`_numpy_rows`."""
-    if numpy and p.weight is not None:
+    if p.weight is not None:
         p = _unit_weights(p)
     sem, masked = p.opts.semantics, p.where is not None
     if numpy and sem.core_only(p.opts, soft=p.soft, weighted=p.weight is not None, masked=masked):
@@ -272,7 +280,7 @@ def run_probs(p: Problem, *, want_grad: bool, dloss: Any = None) -> Any:
 
 
 def _run_probs(p: Problem, want_grad: bool, dloss: Any) -> Any:
-    if p.numpy:
+    if p.weight is not None:
         p = _unit_weights(p)
     xp, opts = p.xp, p.opts
     n, c = p.x2.shape
