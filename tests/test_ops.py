@@ -290,15 +290,16 @@ def test_softmax_cross_entropy_op_all_cases_float64(case):
 
 def test_softmax_cross_entropy_op_builds_its_options_once(monkeypatch):
     """The options are validated and built in __init__; forward only checks the arrays and
-    runs (no _api.fused shim, no second loss_options)."""
-    from softmaxce import _api
+    runs (no second loss_options, no public function's path)."""
+    from softmaxce import _api, _options
 
     op = ops.SoftmaxCrossEntropy(label_smoothing=0.1, reduction="sum")
 
     def refused(*args, **kwargs):
         raise AssertionError("options built again at forward")
 
-    monkeypatch.setattr(_api, "fused", refused)
+    monkeypatch.setattr(_api, "loss_options", refused)
+    monkeypatch.setattr(_options, "loss_options", refused)
     monkeypatch.setattr(ops, "loss_options", refused, raising=False)
     x = _x((4, 5), np.float64, seed=6)
     t = np.array([0, 4, 2, 1])
