@@ -264,3 +264,51 @@ def test_forward_is_one_collective_and_backward_none(reports):
     world, every = reports
     for rank, rep in enumerate(every):
         assert rep["collectives"] == {"forward": 1, "backward": 0}, (world, rank)
+
+
+# ---- validation, in this process: a group of one where a group is needed ----
+
+
+@pytest.fixture
+def group_of_one(tmp_path):
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1
+    )
+    yield dist.group.WORLD
+    dist.destroy_process_group()
+
+
+def test_without_a_process_group_the_error_names_init_process_group():
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        vocab_parallel_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]))
+
+
+def test_group_that_is_not_a_process_group_is_refused(group_of_one):
+    with pytest.raises(
+        TypeError, match=r"group must be None or a torch\.distributed\.ProcessGroup, got str"
+    ):
+        vocab_parallel_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), group="world")
+
+
+def test_label_beyond_the_global_class_count_is_refused(group_of_one):
+    with pytest.raises(ValueError, match="target"):
+        vocab_parallel_cross_entropy(torch.zeros(2, 3), torch.tensor([0, 3]))
+
+
+def test_target_that_requires_grad_is_refused(group_of_one):
+    y = torch.full((2, 3), 1 / 3, requires_grad=True)
+    with pytest.raises(ValueError, match="target requires grad"):
+        vocab_parallel_cross_entropy(torch.zeros(2, 3, requires_grad=True), y)
+
+
+def test_group_of_one_is_the_single_process_loss(group_of_one):
+    x = torch.randn(5, 4, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[0, 3], [1, -100], [2, 2], [3, 0], [-100, 1]])
+    opts = {"label_smoothing": 0.1, "z_loss": 1e-2, "softcap": 3.0}
+    loss = vocab_parallel_cross_entropy(x, t, **opts)
+    (grad,) = torch.autograd.grad(loss, x)
+    want = sct.cross_entropy(x, t, **opts)
+    (want_grad,) = torch.autograd.grad(want, x)
+    torch.testing.assert_close(loss, want, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-13, atol=1e-13)

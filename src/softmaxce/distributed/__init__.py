@@ -9,6 +9,29 @@ the gradient of each slice needs nothing from the other ranks.
 
 Files: ``_shard`` (the split of the classes, the collective), ``_loss`` (the loss and the
 gradient on the core's row contract), this module (validation and autograd).
+
+One process holding every class (a group of one) is the plain loss:
+
+>>> import tempfile, torch, torch.distributed as dist
+>>> from softmaxce.distributed import vocab_parallel_cross_entropy
+>>> rendezvous = f"file://{tempfile.mkdtemp()}/rendezvous"
+>>> dist.init_process_group("gloo", init_method=rendezvous, rank=0, world_size=1)
+>>> import softmaxce.torch as sct
+>>> x = torch.tensor([[2.0, 1.0, 0.1], [0.0, 0.0, 3.0]], requires_grad=True)
+>>> t = torch.tensor([0, 2])
+>>> loss = vocab_parallel_cross_entropy(x, t, label_smoothing=0.1)
+>>> loss.backward()
+>>> loss
+tensor(0.4043, grad_fn=<VocabParallelCrossEntropyBackward>)
+>>> x.grad
+tensor([[-0.1372,  0.1045,  0.0326],
+        [ 0.0060,  0.0060, -0.0119]])
+>>> sct.cross_entropy(x, t, label_smoothing=0.1)
+tensor(0.4043, grad_fn=<FusedCrossEntropyBackward>)
+>>> dist.destroy_process_group()
+
+With ``P`` processes, ``torchrun --nproc-per-node P examples/vocab_parallel.py`` (see
+``docs/distributed.md``).
 """
 
 from __future__ import annotations
