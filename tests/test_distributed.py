@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import os
 import pathlib
 import time
 import traceback
@@ -262,7 +261,6 @@ def _read(path: pathlib.Path) -> dict[str, Any]:
 @pytest.fixture(scope="module", params=sorted(SIZES))
 def reports(request, tmp_path_factory) -> tuple[int, list[dict[str, Any]]]:
     world = request.param
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     return world, _spawn(world, tmp_path_factory.mktemp(f"world{world}"))
 
 
