@@ -32,7 +32,12 @@ from softmaxce.distributed import vocab_parallel_cross_entropy
 SIZES = {2: (6, 1), 3: (4, 1, 6)}  # V_r per rank: uneven, a rank with one class
 N = 8
 TIMEOUT_S = 240
-EPS = {torch.float16: 2.0**-10, torch.float32: 2.0**-23, torch.float64: 2.0**-52}
+EPS = {
+    torch.bfloat16: 2.0**-7,
+    torch.float16: 2.0**-10,
+    torch.float32: 2.0**-23,
+    torch.float64: 2.0**-52,
+}
 
 # name -> options. Keys other than the loss's own: dtype, soft (probability target), kl,
 # weighted, ignored (rows with the ignore label), all_ignored, nd (an (N, V, 3) input),
@@ -53,6 +58,7 @@ CASES: dict[str, dict[str, Any]] = {
     "soft_kl": {"soft": True, "kl": True, "label_smoothing": 0.1, "dtype": torch.float64},
     "soft_kl_none": {"soft": True, "kl": True, "reduction": "none"},
     "float16": {"dtype": torch.float16, "ignored": True, "label_smoothing": 0.1},
+    "bfloat16": {"dtype": torch.bfloat16, "ignored": True, "z_loss": 1e-2},
     "float16_soft": {"dtype": torch.float16, "soft": True, "weighted": True},
     "all_ignored": {"all_ignored": True, "label_smoothing": 0.1},
     "all_ignored_torch": {"all_ignored": True, "semantics": "torch"},
@@ -133,7 +139,7 @@ def _close(got: torch.Tensor, want: torch.Tensor, dtype, what: str) -> None:
     ):
         raise AssertionError(f"{what}: NaN or inf at other places\n got {got}\nwant {want}")
     scale = max(1.0, float(want[ok].abs().max())) if ok.any() else 1.0
-    tol = (16 if dtype == torch.float16 else 64) * EPS[dtype] * scale
+    tol = (16 if dtype in (torch.float16, torch.bfloat16) else 64) * EPS[dtype] * scale
     err = float((got[ok] - want[ok]).abs().max()) if ok.any() else 0.0
     if not err <= tol:
         raise AssertionError(f"{what}: error {err:.3g} > {tol:.3g}\n got {got}\nwant {want}")
@@ -327,3 +333,15 @@ def test_group_of_one_is_the_single_process_loss(group_of_one):
     (want_grad,) = torch.autograd.grad(want, x)
     torch.testing.assert_close(loss, want, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(grad, want_grad, rtol=1e-13, atol=1e-13)
+
+
+def test_unbatched_input_gives_the_single_process_loss(group_of_one):
+    x = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    for reduction in ("mean", "none"):
+        loss = vocab_parallel_cross_entropy(x, torch.tensor(4), reduction=reduction)
+        want = sct.cross_entropy(x, torch.tensor(4), reduction=reduction)
+        assert loss.shape == want.shape == ()
+        (grad,) = torch.autograd.grad(loss, x)
+        (want_grad,) = torch.autograd.grad(want, x)
+        torch.testing.assert_close(loss, want, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(grad, want_grad, rtol=1e-13, atol=1e-13)
