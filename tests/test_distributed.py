@@ -14,7 +14,9 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import pathlib
+import sys
 import time
 import traceback
 import warnings
@@ -215,7 +217,18 @@ def _collectives(prof) -> int:
     return sum(n.startswith("c10d::") for n in names)  # (each has a backend event too)
 
 
+def _block_numba() -> None:
+    """Under ``SOFTMAXCE_BLOCK_NUMBA=1`` a rank, too, runs as without numba (the root
+    conftest.py does this for the test process; a spawned rank does not read it)."""
+    if os.environ.get("SOFTMAXCE_BLOCK_NUMBA", "") in ("", "0"):
+        return
+    assert sys.modules.get("numba") is None, "numba was imported before the rank blocked it"
+    for name in ("numba", "llvmlite"):
+        sys.modules[name] = None  # type: ignore[assignment]
+
+
 def _worker(rank: int, world: int, folder: str) -> None:
+    _block_numba()
     warnings.simplefilter("error")  # (as the suite's filterwarnings; a child has its own)
     torch.set_num_threads(1)
     dist.init_process_group(
