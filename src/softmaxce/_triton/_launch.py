@@ -10,6 +10,7 @@ tensors' device). Nothing here reads a value on the host: no synchronisation.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import numpy as np
@@ -110,7 +111,8 @@ def _quiet(dev: torch.device):
     if dev.type != "cpu":
         yield
         return
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (NumPy's "All-NaN slice")
         yield
 
 
@@ -204,7 +206,7 @@ def fused(
     row is read once for its statistics and once more (from L2; not at all when it fits in
     one chunk) for the gradient, written into ``out`` (``x`` itself in place)."""
     _check_device(x)
-    n, width = x.shape
+    n = x.shape[0]
     out = _out(x, out)
     if n == 0:
         return _identity(0, x.device), out
