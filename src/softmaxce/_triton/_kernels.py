@@ -194,7 +194,9 @@ def _row_coef(m, ties, rest, mass, zl_ptr, UNIT_MASS: tl.constexpr, ZLOSS: tl.co
     return coef
 
 
-@triton.jit
+# (strides and sizes that vary from call to call are not specialised on: fewer compilations;
+# the logits' row stride and the width are, for aligned vector loads)
+@triton.jit(do_not_specialize=["st", "sm", "s_scale", "n_rows", "col_offset"])
 def _rows_kernel(
     x_ptr, sx, t_ptr, st, w_ptr, mask_ptr, sm, keep_ptr, spread_ptr, live_ptr,
     scale_ptr, s_scale, zl_ptr, g_ptr, sg, stats_ptr, n_rows, width, col_offset,
