@@ -17,11 +17,12 @@ target), ``w q`` with the class weights, and ``S = sum w q``, ``T = sum w q (z -
 whatever the logits' dtype; the z-loss factor ``S + 2 zeta lse`` is formed in fp64. Row
 offsets are int64 (``N * V`` beyond ``2**31``).
 
-Only ``tl.exp`` and ``tl.log`` are used (Triton's interpreter has no libdevice): ``tanh``,
-``expm1`` and ``log1p`` are built from them with Kahan's and Goldberg's corrections, accurate
-to a few ulps when ``exp`` and ``log`` are. On a GPU, ``tl.exp`` is the hardware's fast
-exponential: its subnormal results are whatever the GPU gives (the core and the numba kernel
-keep them; see docs/gpu.md).
+Only ``exp2``, ``log`` and ``fma`` are used (Triton's interpreter has no libdevice): ``exp``
+is ``exp2`` with the rounding error of ``x log2 e`` put back (:func:`_exp`), and ``tanh``,
+``expm1`` and ``log1p`` are built with Kahan's and Goldberg's corrections, accurate to a few
+ulps when ``exp2`` and ``log`` are. On a GPU ``exp2`` is the hardware's approximate one (2 ulps):
+its subnormal results are whatever the GPU gives (the core and the numba kernel keep them;
+docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -29,7 +30,21 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-_INF = float("inf")
+_INF = tl.constexpr(float("inf"))
+_LOG2E_HI = tl.constexpr(1.44269502162933349609375)  # log2(e) = _HI + _LO, _HI an fp32
+_LOG2E_LO = tl.constexpr(1.9259629911265925e-08)
+_LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _exp(x):
+    """``exp(x)`` to a few ulps for any ``x``: ``2**t (1 + r ln 2)`` with ``t = fl(x log2 e)``
+    and ``r`` its rounding error (an fma). A GPU's ``exp`` is ``exp2(fl(x log2 e))``, which
+    loses ``|x|`` ulps (40 for ``exp(-40)``, the tail of a confident row)."""
+    t = x * _LOG2E_HI
+    r = tl.fma(x, _LOG2E_HI, -t) + x * _LOG2E_LO
+    r = tl.where(tl.abs(t) < _INF, r, 0.0)  # (t = +-inf or NaN: exp2 alone is right)
+    return tl.exp2(t) * (1.0 + r * _LN2)
 
 
 @triton.jit
@@ -62,7 +77,7 @@ def _log_sum(ties, rest):
 @triton.jit
 def _expm1(v):
     """``exp(v) - 1`` for ``v <= 0``, with Kahan's correction ``(u - 1) v / log u``."""
-    u = tl.exp(v)
+    u = _exp(v)
     lu = tl.log(u)
     r = (u - 1.0) * (v / tl.where(lu == 0.0, 1.0, lu))
     return tl.where(u == 1.0, v, tl.where(u == 0.0, -1.0, r))
@@ -79,7 +94,7 @@ def _tanh(u):
 @triton.jit
 def _cap_slope(x, cap):
     """``1 - tanh(x / cap)**2 = 4 e / (1 + e)**2``, ``e = exp(-2 |x / cap|)``."""
-    e = tl.exp(-2.0 * tl.abs(x / cap))
+    e = _exp(-2.0 * tl.abs(x / cap))
     return 4.0 * e / ((1.0 + e) * (1.0 + e))
 
 
@@ -90,8 +105,8 @@ def _merge(m_a, t_a, r_a, s_a, tz_a, k_a, m_b, t_b, r_b, s_b, tz_b, k_b):
     ref = _ref(m)
     ref_a = _ref(m_a)
     ref_b = _ref(m_b)
-    scale_a = tl.exp(tl.where(m_a == -_INF, 0.0, ref_a - ref))
-    scale_b = tl.exp(tl.where(m_b == -_INF, 0.0, ref_b - ref))
+    scale_a = _exp(tl.where(m_a == -_INF, 0.0, ref_a - ref))
+    scale_b = _exp(tl.where(m_b == -_INF, 0.0, ref_b - ref))
     top_a = m_a == m
     top_b = m_b == m
     ties = tl.where(top_a, t_a, 0.0) + tl.where(top_b, t_b, 0.0)
@@ -102,13 +117,16 @@ def _merge(m_a, t_a, r_a, s_a, tz_a, k_a, m_b, t_b, r_b, s_b, tz_b, k_b):
 
 @triton.jit
 def _chunk(
-    x_row, t_row, w_ptr, mask_row, cols, width, col_offset, label, keep, spread,
+    x_row, t_row, w_ptr, mask_row, cols, width, col_offset, label, keep, spread, lab_wq,
     one_minus_eps, cap, kl_eps,
     INDEX: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_MASK: tl.constexpr,
     SOFTCAP: tl.constexpr, KEEP_LABEL: tl.constexpr, KL_EPS: tl.constexpr,
+    LABEL_ONLY: tl.constexpr,
 ):  # fmt: skip
-    """One chunk's per-class terms: ``(x, z masked, z for T, w q, q, log(q + kl_eps),
-    allowed, label column)``, in fp32; columns past ``width`` are masked."""
+    """One chunk's per-class terms: ``(x, z masked, z for T, w q, log(q + kl_eps), allowed,
+    label column)``, in fp32; columns past ``width`` are masked. ``LABEL_ONLY`` (an index
+    target, no smoothing, no KL): ``w q`` is ``lab_wq`` at the label, 0 elsewhere, and the
+    statistics take ``S`` and ``T`` from the label alone (:func:`_label_terms`)."""
     ok = cols < width
     x = tl.load(x_row + cols, mask=ok, other=0.0).to(tl.float32)
     if SOFTCAP:
@@ -118,42 +136,81 @@ def _chunk(
     allowed = ok
     if HAS_MASK:
         allowed = ok & (tl.load(mask_row + cols, mask=ok, other=0) != 0)
-    if HAS_WEIGHT:
-        w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-    else:
-        w = tl.where(ok, 1.0, 0.0)
     if INDEX:
         onehot = ok & keep & ((cols + col_offset) == label)
-        q = tl.where(onehot, one_minus_eps, 0.0) + tl.where(allowed, spread, 0.0)
     else:
         onehot = cols < 0
-        y = tl.load(t_row + cols, mask=ok, other=0.0).to(tl.float32)
-        q = one_minus_eps * y + tl.where(allowed, spread, 0.0)
-    wq = w * q
+    if LABEL_ONLY:
+        wq = tl.where(onehot, lab_wq, 0.0)
+        log_q = wq
+    else:
+        if HAS_WEIGHT:
+            w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        else:
+            w = tl.where(ok, 1.0, 0.0)
+        if INDEX:
+            q = tl.where(onehot, one_minus_eps, 0.0) + tl.where(allowed, spread, 0.0)
+        else:
+            y = tl.load(t_row + cols, mask=ok, other=0.0).to(tl.float32)
+            q = one_minus_eps * y + tl.where(allowed, spread, 0.0)
+        wq = w * q
+        if KL_EPS:
+            log_q = tl.log(q + kl_eps)
+        else:
+            log_q = tl.log(q)
     z_masked = tl.where(allowed, z, -_INF)
     if KEEP_LABEL:  # an index label outside `where` keeps its own logit (optax)
         z_t = tl.where(onehot, z, z_masked)
     else:
         z_t = z_masked
-    if KL_EPS:
-        log_q = tl.log(q + kl_eps)
-    else:
-        log_q = tl.log(q)
     return x, z_masked, z_t, wq, log_q, allowed, onehot
 
 
 @triton.jit
-def _chunk_stats(z_masked, z_t, wq, log_q, KL: tl.constexpr):
-    """The statistics of one chunk, relative to its own maximum."""
+def _label_weight(w_ptr, label, keep, col_offset, width, one_minus_eps,
+                  HAS_WEIGHT: tl.constexpr):  # fmt: skip
+    """``(in-block column of the label, (1 - eps) w_t)``: 0 where the row does not count or
+    its label is in another block (``rows._gold``)."""
+    hit = keep & (label >= col_offset) & (label < col_offset + width)
+    local = tl.where(hit, label - col_offset, 0)
+    w_t = 1.0
+    if HAS_WEIGHT:
+        w_t = tl.load(w_ptr + local, mask=hit, other=0.0).to(tl.float32)
+    return local, hit, tl.where(hit, one_minus_eps * w_t, 0.0)
+
+
+@triton.jit
+def _label_terms(x_row, mask_row, local, hit, lab_wq, m, cap, HAS_MASK: tl.constexpr,
+                 SOFTCAP: tl.constexpr, KEEP_LABEL: tl.constexpr):  # fmt: skip
+    """``(S, T)`` of an index target without smoothing: ``w_t`` and ``w_t (z_t - ref(m))``
+    with the label's own (capped) logit, ``-inf`` outside ``where`` unless it keeps it."""
+    z_t = tl.load(x_row + local, mask=hit, other=0.0).to(tl.float32)
+    if SOFTCAP:
+        z_t = cap * _tanh(z_t / cap)
+    if HAS_MASK:
+        if not KEEP_LABEL:
+            allowed_t = tl.load(mask_row + local, mask=hit, other=0) != 0
+            z_t = tl.where(allowed_t, z_t, -_INF)
+    return lab_wq, _xmul(lab_wq, z_t - _ref(m))
+
+
+@triton.jit
+def _chunk_stats(z_masked, z_t, wq, log_q, KL: tl.constexpr, LABEL_ONLY: tl.constexpr):
+    """The statistics of one chunk, relative to its own maximum (``S = T = 0`` with
+    ``LABEL_ONLY``: the label's terms are added once, at the end)."""
     m = tl.max(z_masked, axis=0)
     ref = _ref(m)
     d = z_masked - ref
-    e = tl.exp(d)
+    e = _exp(d)
     tie = d == 0.0
     ties = tl.sum(tl.where(tie, 1.0, 0.0), axis=0)
     rest = tl.sum(tl.where(tie, 0.0, e), axis=0)
-    mass = tl.sum(wq, axis=0)
-    tz = tl.sum(_xmul(wq, z_t - ref), axis=0)
+    if LABEL_ONLY:
+        mass = ties * 0.0
+        tz = mass
+    else:
+        mass = tl.sum(wq, axis=0)
+        tz = tl.sum(_xmul(wq, z_t - ref), axis=0)
     if KL:
         kl = tl.sum(_xmul(wq, log_q), axis=0)
     else:
@@ -163,15 +220,13 @@ def _chunk_stats(z_masked, z_t, wq, log_q, KL: tl.constexpr):
 
 @triton.jit
 def _chunk_grad(
-    x, z_masked, wq, allowed, onehot, m, ties, rest, coef, scale, live, cap,
+    x, z_masked, wq, allowed, onehot, m, ties, rest, coef, scale_s, live, cap,
     SOFTCAP: tl.constexpr, KEEP_LABEL: tl.constexpr,
 ):  # fmt: skip
     """``scale * ((coef - w q) p - w q ((ties - e) + rest) / s)`` (times the cap's slope),
-    0 on rows that do not count and on masked classes."""
-    e = tl.exp(z_masked - _ref(m))
-    s = ties + rest
-    g = (coef - wq) * (e / s) - wq * (((ties - e) + rest) / s)
-    g = g * scale
+    0 on rows that do not count and on masked classes; ``scale_s = scale / s``, once a row."""
+    e = _exp(z_masked - _ref(m))
+    g = ((coef - wq) * e - wq * ((ties - e) + rest)) * scale_s
     if SOFTCAP:
         g = g * _cap_slope(x, cap)
     ok = allowed
@@ -204,8 +259,8 @@ def _rows_kernel(
     INDEX: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_MASK: tl.constexpr,
     HAS_SPREAD: tl.constexpr, SOFTCAP: tl.constexpr, KEEP_LABEL: tl.constexpr,
     KL: tl.constexpr, KL_EPS: tl.constexpr, UNIT_MASS: tl.constexpr, ZLOSS: tl.constexpr,
-    STATS_IN: tl.constexpr, STATS_OUT: tl.constexpr, GRAD: tl.constexpr,
-    ONE_CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    LABEL_ONLY: tl.constexpr, STATS_IN: tl.constexpr, STATS_OUT: tl.constexpr,
+    GRAD: tl.constexpr, ONE_CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Statistics (``STATS_OUT``), gradient from given statistics (``STATS_IN``), or both in
     one pass over the row (the fused loss), for the block ``[col_offset, col_offset + width)``.
@@ -225,6 +280,11 @@ def _rows_kernel(
     spread = 0.0
     if HAS_SPREAD:
         spread = tl.load(spread_ptr + row).to(tl.float32)
+    lab_wq = 0.0
+    if LABEL_ONLY:
+        local, hit, lab_wq = _label_weight(
+            w_ptr, label, keep, col_offset, width, one_minus_eps, HAS_WEIGHT
+        )
     if STATS_IN:
         m = tl.load(stats_ptr + row)
         ties = tl.load(stats_ptr + n_rows + row)
@@ -233,9 +293,10 @@ def _rows_kernel(
     elif ONE_CHUNK:  # the whole row in registers: read once
         x, zm, zt, wq, lq, allowed, onehot = _chunk(
             x_row, t_row, w_ptr, mask_row, cols0, width, col_offset, label, keep, spread,
-            one_minus_eps, cap, kl_eps, INDEX, HAS_WEIGHT, HAS_MASK, SOFTCAP, KEEP_LABEL, KL_EPS,
+            lab_wq, one_minus_eps, cap, kl_eps, INDEX, HAS_WEIGHT, HAS_MASK, SOFTCAP,
+            KEEP_LABEL, KL_EPS, LABEL_ONLY,
         )  # fmt: skip
-        m, ties, rest, mass, tz, kl = _chunk_stats(zm, zt, wq, lq, KL)
+        m, ties, rest, mass, tz, kl = _chunk_stats(zm, zt, wq, lq, KL, LABEL_ONLY)
     else:  # online: chunk by chunk, merged
         m = tl.full((), -_INF, tl.float32)
         ties = tl.full((), 0.0, tl.float32)
@@ -246,14 +307,19 @@ def _rows_kernel(
         for start in range(0, width, BLOCK):
             x, zm, zt, wq, lq, allowed, onehot = _chunk(
                 x_row + start, t_row + start, w_ptr + start, mask_row + start, cols0,
-                width - start, col_offset + start, label, keep, spread, one_minus_eps, cap,
-                kl_eps, INDEX, HAS_WEIGHT, HAS_MASK, SOFTCAP, KEEP_LABEL, KL_EPS,
+                width - start, col_offset + start, label, keep, spread, lab_wq,
+                one_minus_eps, cap, kl_eps, INDEX, HAS_WEIGHT, HAS_MASK, SOFTCAP, KEEP_LABEL,
+                KL_EPS, LABEL_ONLY,
             )  # fmt: skip
-            c_m, c_t, c_r, c_s, c_tz, c_k = _chunk_stats(zm, zt, wq, lq, KL)
+            c_m, c_t, c_r, c_s, c_tz, c_k = _chunk_stats(zm, zt, wq, lq, KL, LABEL_ONLY)
             m, ties, rest, mass, tz, kl = _merge(
                 m, ties, rest, mass, tz, kl, c_m, c_t, c_r, c_s, c_tz, c_k
             )
     if STATS_OUT:
+        if LABEL_ONLY:
+            mass, tz = _label_terms(
+                x_row, mask_row, local, hit, lab_wq, m, cap, HAS_MASK, SOFTCAP, KEEP_LABEL
+            )
         tl.store(stats_ptr + row, m)
         tl.store(stats_ptr + n_rows + row, ties)
         tl.store(stats_ptr + 2 * n_rows + row, rest)
@@ -262,12 +328,12 @@ def _rows_kernel(
         tl.store(stats_ptr + 5 * n_rows + row, kl)
     if GRAD:
         coef = _row_coef(m, ties, rest, mass, zl_ptr, UNIT_MASS, ZLOSS)
-        scale = tl.load(scale_ptr + row * s_scale).to(tl.float32)
+        scale_s = tl.load(scale_ptr + row * s_scale).to(tl.float32) / (ties + rest)
         live = tl.load(live_ptr + row) != 0
         g_row = g_ptr + row * sg
-        if ONE_CHUNK and not STATS_IN:
+        if ONE_CHUNK:
             g = _chunk_grad(
-                x, zm, wq, allowed, onehot, m, ties, rest, coef, scale, live, cap,
+                x, zm, wq, allowed, onehot, m, ties, rest, coef, scale_s, live, cap,
                 SOFTCAP, KEEP_LABEL,
             )  # fmt: skip
             tl.store(g_row + cols0, g.to(g_ptr.dtype.element_ty), mask=cols0 < width)
@@ -275,11 +341,12 @@ def _rows_kernel(
             for start in range(0, width, BLOCK):
                 x, zm, zt, wq, lq, allowed, onehot = _chunk(
                     x_row + start, t_row + start, w_ptr + start, mask_row + start, cols0,
-                    width - start, col_offset + start, label, keep, spread, one_minus_eps,
-                    cap, kl_eps, INDEX, HAS_WEIGHT, HAS_MASK, SOFTCAP, KEEP_LABEL, KL_EPS,
+                    width - start, col_offset + start, label, keep, spread, lab_wq,
+                    one_minus_eps, cap, kl_eps, INDEX, HAS_WEIGHT, HAS_MASK, SOFTCAP,
+                    KEEP_LABEL, KL_EPS, LABEL_ONLY,
                 )  # fmt: skip
                 g = _chunk_grad(
-                    x, zm, wq, allowed, onehot, m, ties, rest, coef, scale, live, cap,
+                    x, zm, wq, allowed, onehot, m, ties, rest, coef, scale_s, live, cap,
                     SOFTCAP, KEEP_LABEL,
                 )  # fmt: skip
                 cols = start + cols0

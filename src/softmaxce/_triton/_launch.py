@@ -65,6 +65,8 @@ def _flags(target, opts, weight, where, ctx) -> dict[str, Any]:
         "KL_EPS": bool(sem.kl_eps),
         "UNIT_MASS": bool(sem.unit_mass),
         "ZLOSS": bool(opts.z_loss),
+        # an index target without smoothing or KL: S and T from the label alone
+        "LABEL_ONLY": bool(index and ctx.spread is None and not opts.kl),
     }
 
 
@@ -99,8 +101,8 @@ def _launch(
             out, out.stride(0), stats, n, width, col_offset, 1.0 - eps,
             1.0 if cap is None else float(cap), float(kl_eps or 0.0),
             **_flags(target, opts, weight, where, ctx),
-            STATS_IN=not stats_out and grad, STATS_OUT=stats_out, GRAD=grad,
-            ONE_CHUNK=width <= blk, BLOCK=blk, num_warps=8 if blk >= 2048 else 4,
+            STATS_IN=not stats_out, STATS_OUT=stats_out, GRAD=grad,
+            ONE_CHUNK=stats_out and width <= blk, BLOCK=blk, num_warps=8 if blk >= 2048 else 4,
         )  # fmt: skip
 
 
