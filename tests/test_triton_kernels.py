@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -309,6 +311,22 @@ def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
     with pytest.raises(ValueError, match="CUDA tensors"):
         K.row_stats(x, torch.tensor([0, 1]), 0, loss_options(), rows.row_context(
             x, torch.tensor([0, 1]), 3, loss_options()))  # fmt: skip
+
+
+def test_kernels_compile_for_hopper_without_a_gpu():
+    """Triton's code generator (constexpr scoping, globals, types: what the interpreter never
+    checks) and ptxas, for sm_90, on representative specialisations, in a process without
+    the interpreter."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    src = os.path.join(os.path.dirname(__file__), os.pardir, "src")
+    env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(src), env.get("PYTHONPATH", "")])
+    run = subprocess.run(
+        [sys.executable, "-m", "softmaxce._triton._aot", "90"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("\n") == 6, run.stdout
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a GPU with 5 GB free")

@@ -337,8 +337,12 @@ def _rows_kernel(
                 SOFTCAP, KEEP_LABEL,
             )  # fmt: skip
             tl.store(g_row + cols0, g.to(g_ptr.dtype.element_ty), mask=cols0 < width)
-        else:  # the second pass: the row again (from L2 on a GPU)
-            for start in range(0, width, BLOCK):
+        else:  # the second pass: the row again, last chunk first
+            # (the chunks read last are the likeliest to be in L2 still: read in the first
+            # pass's order, a row longer than its share of L2 would miss on every chunk)
+            n_chunks = tl.cdiv(width, BLOCK)
+            for i in range(0, n_chunks):
+                start = (n_chunks - 1 - i) * BLOCK
                 x, zm, zt, wq, lq, allowed, onehot = _chunk(
                     x_row + start, t_row + start, w_ptr + start, mask_row + start, cols0,
                     width - start, col_offset + start, label, keep, spread, lab_wq,
