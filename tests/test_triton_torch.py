@@ -160,6 +160,25 @@ def test_semantics_torch_matches_f_cross_entropy():
     assert torch.isnan(loss) and torch.isnan(F.cross_entropy(x, t_all))
 
 
+def test_semantics_torch_in_place_keeps_its_nan_rows():
+    """semantics="torch" reads the logits after the kernel for its NaN rules (0 * -inf in the
+    loss; a NaN logit gives a NaN gradient row, ignored or not): in place, the kernel must
+    not have overwritten them by then."""
+    results = []
+    for backend, inplace in (("core", False), ("triton", False), ("triton", True)):
+        leaf, t, _ = make((5, 6), "index", {"ignore": True}, torch.float32)
+        h = leaf * 1.0
+        h.data[0, 1] = torch.nan  # an ignored row (t[0] = -100)
+        h.data[2, 3] = -torch.inf
+        loss = sct.cross_entropy(h, t, semantics="torch", label_smoothing=0.1,
+                                 inplace_backward=inplace, backend=backend)  # fmt: skip
+        loss.backward()
+        results.append((loss.detach(), leaf.grad))
+    assert torch.isnan(results[0][1][0]).all()  # (the ignored row with a NaN logit)
+    for got in results[1:]:
+        torch.testing.assert_close(got, results[0], equal_nan=True)
+
+
 def test_second_backward_with_retain_graph_recomputes_the_gradient():
     x, t, kw = make((5, 11), "index", OPTIONS["smooth"], torch.float32)
     loss = sct.cross_entropy(x, t, backend="triton", **kw)

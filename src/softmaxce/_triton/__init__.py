@@ -7,6 +7,7 @@ runs them on CPU tensors with Triton's interpreter, as the tests do.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from types import ModuleType
@@ -18,8 +19,10 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+@functools.cache
 def unavailable() -> str | None:
-    """Why the Triton kernels cannot run here, or None when they can (triton installed)."""
+    """Why the Triton kernels cannot run here, or None when they can (triton installed).
+    Looked up once (``backend="auto"`` asks on every call with a CUDA tensor)."""
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install 'softmaxce[gpu]')"
     return None

@@ -100,10 +100,13 @@ class TritonCrossEntropy(torch.autograd.Function):
         from ..torch._autograd import problem
 
         p = problem(x, target, weight, opts)
-        view = _rows_view(p) if inplace else None
+        sem = opts.semantics
+        # (a framework's NaN quirks read the logits after the kernel: then not in the kernel)
+        quirky = sem.nan_zero_log_zero or sem.nan_nonfinite_row_grad
+        view = _rows_view(p) if inplace and not quirky else None
         loss, g2 = forward(p, True, view)
         if inplace:
-            if view is None:  # N-D logits: classes are not last, the rows were a copy
+            if view is None:  # N-D logits (the rows were a copy), or the quirks read them
                 x.copy_(p.to_layout(g2))
             torch.autograd.graph.increment_version(x)  # (the kernel wrote through a pointer)
             grad = x
