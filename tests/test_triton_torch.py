@@ -214,6 +214,8 @@ def test_backend_triton_that_cannot_run_raises(monkeypatch):
     soft = torch.softmax(torch.randn(3, 4, device=DEV), 1).requires_grad_()
     with pytest.raises(ValueError, match="backend='triton' differentiates the input only"):
         sct.cross_entropy(x, soft, backend="triton")
+    with pytest.raises(ValueError, match="backend='triton' computes float32, float16 and"):
+        sct.cross_entropy(x.double(), t, backend="triton")
     if not CUDA:
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(ValueError, match="backend='triton' runs on CUDA tensors"):

@@ -23,10 +23,12 @@ from . import interpreting, launchers, unavailable
 
 
 def triton_auto(input: torch.Tensor, other_grads: bool) -> bool:
-    """Whether ``backend="auto"`` takes the Triton kernel: CUDA tensors whose only gradient is
-    the input's, when triton is installed (not under torch.compile, which traces the core)."""
+    """Whether ``backend="auto"`` takes the Triton kernel: CUDA tensors of fp32, fp16 or bf16
+    whose only gradient is the input's, when triton is installed (not under torch.compile,
+    which traces the core)."""
     return (
         input.device.type == "cuda"
+        and input.dtype != torch.float64  # (the core accumulates float64 in float64)
         and not other_grads
         and unavailable() is None
         and not torch.compiler.is_compiling()
@@ -46,6 +48,13 @@ def triton_path(input: torch.Tensor, other_grads: bool) -> str:
             "backend='triton' runs on CUDA tensors (on CPU tensors only under Triton's "
             f"interpreter, TRITON_INTERPRET=1), got an input on {input.device}; "
             "use 'auto' or 'core'"
+        )
+        raise ValueError(msg)
+    if input.dtype == torch.float64:
+        msg = (
+            "backend='triton' computes float32, float16 and bfloat16 logits (accumulating in "
+            "float32), got float64, which softmaxce accumulates in float64; use 'auto' or "
+            "'core'"
         )
         raise ValueError(msg)
     if other_grads:
