@@ -1,6 +1,7 @@
 """Forward + backward of softmax cross-entropy on one GPU, side by side in one process.
 
-Providers: softmaxce (``backend="triton"``, out of place and in place), ``F.cross_entropy``
+Providers: softmaxce (``backend="triton"``, out of place and in place; and its fused kernel
+alone, in place, to show what the O(N) work and autograd around it cost), ``F.cross_entropy``
 eager, ``torch.compile(F.cross_entropy)`` (not in a dry run), Liger-Kernel's cross-entropy
 (in place; when importable), and the copy floor (a device-to-device copy of the logits). For each
 ``(V, dtype)``: the median time of ``--reps`` timed iterations after warm-ups (CUDA events
@@ -102,6 +103,20 @@ def measure(step, restore, cuda: bool, warm: int, reps: int) -> tuple[float, int
     return statistics.median(times), extra
 
 
+def kernel_only(t: torch.Tensor, v: int):
+    """The fused Triton kernel alone, in place (no autograd, no O(N) work around it): how much
+    of softmaxce's time the row context, the loss's reduction and autograd add."""
+    from softmaxce._core import rows
+    from softmaxce._options import loss_options
+    from softmaxce._triton import launchers
+
+    opts = loss_options()
+    ctx = rows.row_context(t[:, None], t, v, opts)
+    one = torch.ones((), dtype=torch.float64, device=t.device)
+    fused = launchers().fused
+    return lambda h: fused(h, t, opts, ctx, row_scale=one, out=h)
+
+
 def copy_floor(x: torch.Tensor, cuda: bool, warm: int, reps: int) -> float:
     """Milliseconds of a device-to-device copy of ``x`` into a buffer of its own."""
     y = torch.empty_like(x)
@@ -118,9 +133,12 @@ def one_shape(n: int, v: int, dtype, dev: str, provs: dict, warm: int, reps: int
     copy_ms = copy_floor(base.detach(), cuda, warm, reps)
     copy_bw = 2 * logits / copy_ms / 1e6
     rows.append(row("copy", False, dtype, n, v, copy_ms, copy_bw, copy_bw, 0, logits))
+    provs = {**provs, "softmaxce-kernel": (True, kernel_only(t, v))}
     for name, (inplace, f) in provs.items():
 
-        def step(h, f=f):
+        def step(h, f=f, name=name):
+            if name == "softmaxce-kernel":
+                return f(h)
             loss = f(h, t)
             return torch.autograd.grad(loss, h)
 
@@ -164,7 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtypes", nargs="*", default=["bfloat16", "float32"])
     ap.add_argument("--warm", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--block", type=int, default=None, help="the kernels' largest chunk")
+    ap.add_argument("--warps", type=int, default=None, help="the kernels' warps")
     a = ap.parse_args(argv)
+    from softmaxce._triton import launchers
+
+    if a.block:
+        launchers().MAX_BLOCK = a.block
+    if a.warps:
+        launchers().NUM_WARPS = a.warps
     dev = "cuda" if torch.cuda.is_available() and not a.dry_run else "cpu"
     if a.dry_run:
         a.n, a.vocab, a.dtypes, a.warm, a.reps = 4, [33, 130], ["float32"], 1, 2

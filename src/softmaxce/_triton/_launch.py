@@ -21,9 +21,12 @@ from .._core import rows
 from .._core.rows import RowContext, RowStats
 from . import _kernels, interpreting
 
-# A chunk of this many classes per program and loop trip (a row of at most this many is read
-# once); 8 warps. Larger chunks keep more in registers than a Hopper SM holds without spills.
+# A chunk of at most this many classes per program and loop trip (a row of at most this many
+# is read once), with NUM_WARPS warps from 2048 on (4 below). Larger chunks keep more in
+# registers than a Hopper SM holds without spills (python -m softmaxce._triton._aot). Not
+# tuned on a GPU yet: benchmarks/gpu_bench.py --block/--warps sets them.
 MAX_BLOCK = 4096
+NUM_WARPS = 8
 
 
 def _block(width: int, block: int | None) -> int:
@@ -102,7 +105,8 @@ def _launch(
             1.0 if cap is None else float(cap), float(kl_eps or 0.0),
             **_flags(target, opts, weight, where, ctx),
             STATS_IN=not stats_out, STATS_OUT=stats_out, GRAD=grad,
-            ONE_CHUNK=stats_out and width <= blk, BLOCK=blk, num_warps=8 if blk >= 2048 else 4,
+            ONE_CHUNK=stats_out and width <= blk, BLOCK=blk,
+            num_warps=NUM_WARPS if blk >= 2048 else 4,
         )  # fmt: skip
 
 
