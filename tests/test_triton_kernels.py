@@ -329,11 +329,11 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     assert run.stdout.count("\n") == 6, run.stdout
 
 
-@pytest.mark.skipif(not CUDA, reason="needs a GPU with 5 GB free")
+@pytest.mark.skipif(not CUDA, reason="needs a GPU with 6 GB free")
 def test_offsets_beyond_2_31_elements():
     """N x V > 2**31 logits, gradient in place: the last row (offsets beyond 2**31) gives the
     core's loss and gradient."""
-    n, v = 17, 2**27 + 3
+    n, v = 2**15 + 1, 2**16 + 1  # (one program per row: many rows, for a quick test)
     x = torch.zeros((n, v), dtype=torch.bfloat16, device=DEV)
     x[-1].normal_()
     last = x[-1:].double()  # (a copy: x becomes the gradient)
