@@ -25,6 +25,7 @@ if not CUDA:
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are decorated (first import)
 
 import torch.nn.functional as F  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import softmaxce.torch as sct  # noqa: E402
 from softmaxce._triton import _torch as triton_torch  # noqa: E402
@@ -234,6 +235,39 @@ def test_auto_picks_triton_for_cuda_tensors_only():
     assert check_call(x, t, None, **kw).path == ("triton" if CUDA else "fused")
     soft = torch.softmax(x.detach(), 1).requires_grad_()
     assert check_call(x, soft, None, **kw).path == "core"  # (the target's gradient)
+
+
+class ScalarReads(TorchDispatchMode):
+    """Records every read of a tensor's value into a Python scalar (``.item()``, ``bool()``,
+    ``float()``: a host synchronisation on a GPU)."""
+
+    READS = ("aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.item.default")
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in self.READS:
+            self.seen.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_forward_and_backward_read_no_scalar_from_a_tensor(reduction):
+    """The Triton path's torch operations (row context, denominator, loss, backward) never
+    read a value into Python: each would be a host synchronisation on a GPU. (The data checks
+    of CPU tensors run before, on host arrays; CUDA tensors skip them.)"""
+    x, t, kw = make((6, 50), "index", OPTIONS["everything"], torch.float32)
+    h = x * 1.0
+    with ScalarReads() as reads:
+        loss = sct.cross_entropy(h, t, reduction=reduction, inplace_backward=True,
+                                 backend="triton", **kw)  # fmt: skip
+        loss.backward(torch.full_like(loss, 0.5))
+    assert reads.seen == []
+    with ScalarReads() as reads:
+        bool(loss.sum() > 0)
+    assert reads.seen  # (the probe sees a read)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
