@@ -18,11 +18,17 @@ if os.environ.get("SOFTMAXCE_BLOCK_NUMBA", "") not in ("", "0"):
     for _name in ("numba", "llvmlite"):
         sys.modules[_name] = None  # type: ignore[assignment]  # the import system's "absent"
 
+# Triton's kernels run on CPU tensors under its interpreter where there is no GPU; the switch
+# must be on before they are first imported (by the tests or by the doctest collection).
+if importlib.util.find_spec("triton") is not None and not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 collect_ignore = [
     path
     for path, needs in [
         ("src/softmaxce/_numba", "numba"),
         ("src/softmaxce/torch", "torch"),
+        ("src/softmaxce/_triton", "triton"),
     ]
     if importlib.util.find_spec(needs) is None
 ]

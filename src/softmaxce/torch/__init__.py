@@ -12,6 +12,8 @@ How it runs (``backend="auto"``):
   ``grad_output``. With ``inplace_backward=True`` the gradient is written into the input's
   storage. The kernels are ``torch.library`` custom ops (``_ops``), so ``torch.compile``
   traces them without a graph break.
+* **CUDA tensors**, triton installed: the Triton kernel (``softmaxce._triton``, docs/gpu.md)
+  gives the loss and the gradient in one fused pass, as the CPU kernel does.
 * **Other devices**, and a probability target or class weights that require grad: the core
   (``softmaxce._core``, written once against the Array API) on the tensors themselves, on
   their device; its backward is the core's row gradient.
@@ -85,10 +87,11 @@ def cross_entropy(
       NaN, a position with a NaN or ``+inf`` logit gets a NaN gradient, and negative class
       weights are accepted.
 
-    ``backend``: ``"auto"`` (a fused CPU kernel for CPU tensors, the core elsewhere),
-    ``"numba"`` or ``"numpy"`` (that fused CPU kernel; CPU tensors only), ``"core"`` (the core
-    on the tensors, any device). An explicit choice that cannot run raises; ``"triton"`` is not
-    available yet. Gradients reach ``input`` and, through the core, a probability ``target``
+    ``backend``: ``"auto"`` (the Triton kernel for CUDA tensors when triton is installed, a
+    fused CPU kernel for CPU tensors, the core elsewhere), ``"triton"`` (CUDA tensors; CPU ones
+    under ``TRITON_INTERPRET=1``), ``"numba"`` or ``"numpy"`` (that fused CPU kernel; CPU
+    tensors only), ``"core"`` (the core on the tensors, any device). An explicit choice that
+    cannot run raises. Gradients reach ``input`` and, through the core, a probability ``target``
     or a ``weight`` that requires grad; double backward (``create_graph=True``) works on both.
 
     ``inplace_backward=True`` (fused CPU path) writes the gradient into ``input``'s storage

@@ -156,6 +156,10 @@ def loss(call: Call, x: torch.Tensor, target: torch.Tensor, weight: Any, inplace
         return _ops.ce(x, target, weight, *opts.flat(), kernel=call.kernel)
     if x.device.type == "cpu" and not torch.compiler.is_compiling():
         _check_host_values(x, target, weight, opts)
+    if call.path == "triton":
+        from .._triton._torch import loss as triton_loss
+
+        return triton_loss(x, target, weight, opts, inplace)
     if grad_mode and (target.requires_grad or (weight is not None and weight.requires_grad)):
         return core_loss(x, target, weight, opts)
     if grad_mode and x.requires_grad:

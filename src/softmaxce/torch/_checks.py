@@ -18,6 +18,7 @@ from .. import _validate as v
 from .._core._xp import namespace
 from .._options import LossOptions, loss_options
 from .._problem import _softcap_fits
+from .._triton._torch import triton_auto, triton_path
 from .._validate import check_labels
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -38,8 +39,8 @@ class Call:
     """A validated call: its options, and which path computes it.
 
     ``path`` is ``"fused"`` (a fused CPU kernel on the tensors' memory; ``kernel`` is the
-    ``softmaxce._dispatch`` backend: "auto", "numba" or "numpy") or ``"core"`` (the core on
-    the tensors, any device).
+    ``softmaxce._dispatch`` backend: "auto", "numba" or "numpy"), ``"triton"`` (the Triton
+    kernel, softmaxce._triton) or ``"core"`` (the core on the tensors, any device).
     """
 
     opts: LossOptions
@@ -186,6 +187,8 @@ def _path(input: torch.Tensor, target: torch.Tensor, weight: Any, name: str) -> 
         target.requires_grad or (weight is not None and weight.requires_grad)
     )
     cpu = input.device.type == "cpu"
+    if name == "triton" or (name == "auto" and triton_auto(input, other_grads)):
+        return triton_path(input, other_grads), "triton"
     if name == "core" or (name == "auto" and (other_grads or not cpu)):
         return "core", "auto"
     if not cpu:
@@ -263,12 +266,5 @@ def check_semantics(value: Any) -> str:
 
 
 def check_backend(value: Any) -> str:
-    """One of :data:`BACKENDS` that this release can run."""
-    name = v.choice(value, BACKENDS, "backend")
-    if name == "triton":
-        msg = (
-            "backend='triton' is not available in this release (the Triton kernel for CUDA "
-            "tensors comes later); use 'auto' or 'core'"
-        )
-        raise ValueError(msg)
-    return name
+    """One of :data:`BACKENDS`."""
+    return v.choice(value, BACKENDS, "backend")
