@@ -80,12 +80,18 @@ def loss_options(
     softcap: Any = None,
     soft_target_loss: Any = "cross-entropy",
     semantics: Any = "softmaxce",
+    cache: bool = True,
 ) -> LossOptions:
     """Validate the scalar options once; ValueError/TypeError naming the bad one.
 
     Built options are kept by the values and types of the arguments (``True`` and ``1`` are
     different keys: one is refused), so a repeated call costs a dictionary lookup.
+    ``cache=False`` validates without the cache (``torch.compile`` cannot trace its lookup).
     """
+    if not cache:
+        return _validated(
+            reduction, ignore_index, label_smoothing, z_loss, softcap, soft_target_loss, semantics
+        )
     numbers = (ignore_index, label_smoothing, z_loss, softcap)  # (True == 1: types in the key)
     key = (reduction, *numbers, soft_target_loss, semantics, *map(type, numbers))
     try:

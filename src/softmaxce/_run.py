@@ -152,7 +152,8 @@ def _unit_weights(p: Problem) -> Problem:
         return p  # proportional to the weights (lse - sum w q z): the scale would not cancel
     if not (p.numpy or readable(w)):
         return p
-    big = float(p.xp.max(p.xp.abs(w)))
+    big = p.xp.max(p.xp.abs(w))
+    big = float(big.detach() if hasattr(big, "detach") else big)  # (torch: no autograd here)
     if big == 0 or not math.isfinite(big):
         return p
     e = math.frexp(big)[1] - 1

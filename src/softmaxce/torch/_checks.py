@@ -232,6 +232,7 @@ def check_call(
         z_loss=z_loss,
         softcap=softcap,
         semantics=check_semantics(semantics),
+        cache=not torch.compiler.is_compiling(),
     )
     if opts.softcap is not None:
         _softcap_fits(XP, input.dtype, opts.softcap)
