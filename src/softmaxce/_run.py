@@ -133,7 +133,7 @@ def _meets_non_finite(p: Problem) -> bool:
 
 
 def _unit_weights(p: Problem) -> Problem:
-    """"mean" over the weight mass: the weights (and ``z_loss``) scaled by the power of two
+    """A "mean" over the weight mass: the weights (and ``z_loss``) scaled by the power of two
     ``2**-e`` that puts their largest magnitude in [1, 2).
 
     The scale cancels exactly in such a mean (each loss row and W scale by ``2**-e``), and the
