@@ -129,20 +129,7 @@ def _call(
     want_grad,
     ograd,
 ):
-    x = _common.logits_array(_CHK, data)
-    if x.ndim < 2:
-        msg = f"data must have 2 or more dimensions (batch, ...), got shape {x.shape}"
-        raise ValueError(msg)
-    lab = v.as_array(label, "label")
-    if lab.dtype.kind == "f" and lab.dtype != x.dtype:
-        msg = (
-            f"label must have data's dtype {x.dtype} (MXNet infers one type for both), "
-            f"got {lab.dtype}"
-        )
-        raise TypeError(msg)
-    if lab.dtype.kind not in "iuf":
-        msg = f"label must be a real array (class indices or probabilities), got {lab.dtype}"
-        raise TypeError(msg)
+    x, lab = _arrays(data, label)
     norm = v.choice(normalization, NORMALIZATIONS, "normalization")
     scale = v.real_scalar(grad_scale, "grad_scale")
     ignore = v.real_scalar(ignore_label, "ignore_label")
@@ -176,32 +163,8 @@ def _call(
     ignored = _ignored(row_labels, ignore) if use_ignore else np.zeros(row_labels.shape, bool)
     also = f" or ignore_label={ignore!r}" if use_ignore else ""
     t_rows = _class_indices(row_labels, ignored, n_classes, lab, also)
-    # "valid" counts every label entry that differs from ignore_label (also with
-    # use_ignore=False), at least 1; "batch" is label.size(0) of MXNet's flattened label.
-    if norm == "valid":
-        denom = max(int(np.count_nonzero(~_ignored(lab, ignore))), 1)
-    elif norm == "batch":
-        denom = lab.shape[0] * spatial if multi_output else lab.size
-    else:
-        denom = spatial
-    eps = 0.0
-    if alpha and not multi_output:  # MXNet applies no smoothing with multi_output
-        if n_classes == 1:
-            msg = (
-                f"smooth_alpha={alpha!r} needs at least 2 classes (MXNet spreads it as "
-                f"smooth_alpha/(C-1) over the other classes), got C=1"
-            )
-            raise ValueError(msg)
-        if not 0.0 <= alpha <= (n_classes - 1) / n_classes:
-            msg = (
-                f"smooth_alpha must be in [0, (C-1)/C] = [0, {(n_classes - 1) / n_classes:g}] "
-                f"for C={n_classes} classes (the target class keeps 1 - smooth_alpha, every "
-                f"other class smooth_alpha/(C-1)), got {alpha!r}"
-            )
-            raise ValueError(msg)
-        # MXNet: target 1 - alpha, others alpha / (C - 1); the core: (1 - eps) + eps / C and
-        # eps / C. Equal for eps = alpha * C / (C - 1).
-        eps = alpha * n_classes / (n_classes - 1)
+    denom = _denominator(norm, lab, ignore, spatial, bool(multi_output))
+    eps = 0.0 if multi_output else _smoothing(alpha, n_classes)  # (none with multi_output)
     _, g = _common.run(
         "mxnet",
         rows,
@@ -217,6 +180,60 @@ def _call(
         label_smoothing=eps,
     )
     return out, _head(from_rows(g), head)
+
+
+def _arrays(data: Any, label: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` and ``label`` as arrays, with MXNet's rules on their shapes and dtypes."""
+    x = _common.logits_array(_CHK, data)
+    if x.ndim < 2:
+        msg = f"data must have 2 or more dimensions (batch, ...), got shape {x.shape}"
+        raise ValueError(msg)
+    lab = v.as_array(label, "label")
+    if lab.dtype.kind == "f" and lab.dtype != x.dtype:
+        msg = (
+            f"label must have data's dtype {x.dtype} (MXNet infers one type for both), "
+            f"got {lab.dtype}"
+        )
+        raise TypeError(msg)
+    if lab.dtype.kind not in "iuf":
+        msg = f"label must be a real array (class indices or probabilities), got {lab.dtype}"
+        raise TypeError(msg)
+    return x, lab
+
+
+def _denominator(
+    norm: str, lab: np.ndarray, ignore: float, spatial: int, multi_output: bool
+) -> int:
+    """What MXNet divides the gradient by: "valid" counts every label entry that differs
+    from ignore_label (also with use_ignore=False), at least 1; "batch" is label.size(0) of
+    MXNet's flattened label; "null" the spatial size."""
+    if norm == "valid":
+        return max(int(np.count_nonzero(~_ignored(lab, ignore))), 1)
+    if norm == "batch":
+        return lab.shape[0] * spatial if multi_output else lab.size
+    return spatial
+
+
+def _smoothing(alpha: float, n_classes: int) -> float:
+    """The core's ``label_smoothing`` for MXNet's ``smooth_alpha``: MXNet gives the target
+    1 - alpha and the others alpha / (C - 1); the core (1 - eps) + eps / C and eps / C. Equal
+    for eps = alpha * C / (C - 1)."""
+    if not alpha:
+        return 0.0
+    if n_classes == 1:
+        msg = (
+            f"smooth_alpha={alpha!r} needs at least 2 classes (MXNet spreads it as "
+            f"smooth_alpha/(C-1) over the other classes), got C=1"
+        )
+        raise ValueError(msg)
+    if not 0.0 <= alpha <= (n_classes - 1) / n_classes:
+        msg = (
+            f"smooth_alpha must be in [0, (C-1)/C] = [0, {(n_classes - 1) / n_classes:g}] "
+            f"for C={n_classes} classes (the target class keeps 1 - smooth_alpha, every "
+            f"other class smooth_alpha/(C-1)), got {alpha!r}"
+        )
+        raise ValueError(msg)
+    return alpha * n_classes / (n_classes - 1)
 
 
 def _head(grad: np.ndarray, head: np.ndarray | None) -> np.ndarray:
