@@ -30,7 +30,7 @@ import numpy as np
 from . import _dispatch, _run
 from . import _validate as v
 from ._core import reduce, rows
-from ._core._xp import Array, wide_dtype
+from ._core._xp import wide_dtype
 from ._options import LossOptions, loss_options
 from ._problem import Problem, prepare
 
@@ -87,7 +87,7 @@ class NumpyMats:
     most ``budget`` elements); that costs a pass over ``dW`` per row block.
     """
 
-    def __init__(self, dtype: Any, budget: int, gemm: dict[Any, Any] | None | bool = True) -> None:
+    def __init__(self, dtype: Any, budget: int, gemm: dict[Any, Any] | bool | None = True) -> None:
         self.gemm = _scipy_gemm() if gemm is True else (gemm or None)
         self.budget = max(1, budget)
         self.dtype = dtype
