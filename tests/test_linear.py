@@ -27,8 +27,14 @@ OPTIONS = {
     "softcap": {"softcap": 2.5},
     "soft": {"soft": True, "bias": True},
     "soft_kl": {"soft": True, "soft_target_loss": "kl-divergence", "weight": True},
-    "all": {"bias": True, "weight": True, "ignore": True, "label_smoothing": 0.1,
-            "z_loss": 1e-3, "softcap": 4.0},  # fmt: skip
+    "all": {
+        "bias": True,
+        "weight": True,
+        "ignore": True,
+        "label_smoothing": 0.1,
+        "z_loss": 1e-3,
+        "softcap": 4.0,
+    },
 }
 
 
@@ -112,7 +118,9 @@ def test_the_numpy_core_backend_matches_the_kernel(name):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_three_block_sizes_agree_within_rounding(dtype):
     (x, w, t), kw = _case(OPTIONS["all"], dtype, seed=3)
-    results = [sc.linear_cross_entropy_with_grad(x, w, t, chunk_size=c, **kw) for c in (None, 800, 300)]
+    results = [
+        sc.linear_cross_entropy_with_grad(x, w, t, chunk_size=c, **kw) for c in (None, 800, 300)
+    ]
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             assert_close(a, b, dtype)
@@ -142,7 +150,9 @@ def test_batch_shape_of_the_input_is_kept():
     x = rng.standard_normal((2, 5, D))
     w = rng.standard_normal((V, D))
     t = rng.integers(0, V, (2, 5))
-    loss, dx, _, _ = sc.linear_cross_entropy_with_grad(x, w, t, reduction="none", dloss=np.ones((2, 5)))
+    loss, dx, _, _ = sc.linear_cross_entropy_with_grad(
+        x, w, t, reduction="none", dloss=np.ones((2, 5))
+    )
     ref = sc.softmax_cross_entropy(x @ w.T, t, reduction="none")
     assert loss.shape == (2, 5) and dx.shape == x.shape
     assert_close(loss, ref, np.float64)

@@ -11,8 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-import softmaxce.torch as sct  # noqa: E402
 from test_linear import reference  # noqa: E402
+
+import softmaxce.torch as sct  # noqa: E402
 
 N, D, V = 24, 6, 30
 CHUNKS = {"one": None, "rows": 8 * V, "classes": 120}  # classes: 16 rows x 7 classes
@@ -89,8 +90,14 @@ def test_torch_semantics_float32_equals_live_chunked(name):
 OURS = {
     "z_loss": {"z_loss": 1e-2, "bias": True, "ignore": True},
     "softcap": {"softcap": 2.0, "weight": True, "reduction": "none"},
-    "all": {"bias": True, "weight": True, "ignore": True, "label_smoothing": 0.1,
-            "z_loss": 1e-3, "softcap": 4.0},  # fmt: skip
+    "all": {
+        "bias": True,
+        "weight": True,
+        "ignore": True,
+        "label_smoothing": 0.1,
+        "z_loss": 1e-3,
+        "softcap": 4.0,
+    },
     "all_ignored": {"ignore": "all", "bias": True},
 }
 
@@ -160,7 +167,7 @@ def test_second_backward_with_retain_graph_recomputes():
 
 
 def test_gradient_of_a_probability_target_through_the_unfused_core():
-    x, w, t, kw = _case({"soft": True})
+    x, w, t, _kw = _case({"soft": True})
     t.requires_grad_(True)
     loss = sct.linear_cross_entropy(x, w, t)
     (gt,) = torch.autograd.grad(loss, (t,))

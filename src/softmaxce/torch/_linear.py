@@ -241,7 +241,8 @@ def _check_operands(input: Any, w: Any, b: Any) -> None:
             msg = f"{name} must be a float torch.Tensor, got {what}"
             raise TypeError(msg)
     if input.dim() not in (1, 2):
-        msg = f"input must be (N, D) or (D,) (as F.linear_cross_entropy), got shape {tuple(input.shape)}"
+        shape = tuple(input.shape)
+        msg = f"input must be (N, D) or (D,) (as F.linear_cross_entropy), got shape {shape}"
         raise ValueError(msg)
     d = input.shape[-1]
     if w.dim() != 2 or w.shape[1] != d or w.shape[0] == 0:
