@@ -127,12 +127,12 @@ def test_three_block_sizes_agree_within_rounding(dtype):
 
 
 def test_block_rule_splits_classes_only_when_rows_of_every_class_do_not_fit():
-    assert _linear.block_shape(2048, 32000, 2048 * 32000 // 12) == (170, 32000)
+    assert _linear.block_shape(2048, 32000, 2048 * 32000 * 19 // 200) == (194, 32000)
     assert _linear.block_shape(40, 50, 800) == (16, 50)
     assert _linear.block_shape(40, 50, 300) == (16, 18)
     assert _linear.block_shape(3, 50, 10) == (3, 3)
-    # the default budget: 1/12 of the logits, at least 4 MiB
-    assert _linear.block_budget(8192, 128256, 4, 4, None) == 8192 * 128256 // 12
+    # the default budget: 9.5% of the logits, at least 4 MiB
+    assert _linear.block_budget(8192, 128256, 4, 4, None) == 8192 * 128256 * 19 // 200
     assert _linear.block_budget(10, 10, 4, 4, None) == (1 << 22) // 4
 
 

@@ -79,8 +79,19 @@ def test_torch_semantics_equals_live_linear_cross_entropy(name, chunk, backend):
     _close(_grads(got, x, w, kw), _grads(want, x, w, kw), 1e-12)
 
 
+@pytest.mark.parametrize("name", ["plain", "bias", "weight", "sum", "none"])
+def test_torch_semantics_equals_live_chunked_path(name):
+    """F.linear_cross_entropy's chunked path (options=LinearCrossEntropyOptions()), in the
+    configurations it takes (no smoothing, index targets)."""
+    x, w, t, kw = _case(TORCH_CASES[name])
+    got = sct.linear_cross_entropy(x, w, t, semantics="torch", chunk_size=120, **kw)
+    opts = torch.nn.LinearCrossEntropyOptions()
+    want = F.linear_cross_entropy(x, w, t, options=opts, **kw)
+    _close(_grads(got, x, w, kw), _grads(want, x, w, kw), 1e-12)
+
+
 @pytest.mark.parametrize("name", ["plain", "soft", "smoothing"])
-def test_torch_semantics_float32_equals_live_chunked(name):
+def test_torch_semantics_float32_equals_live_reference(name):
     x, w, t, kw = _case(TORCH_CASES[name], torch.float32)
     got = sct.linear_cross_entropy(x, w, t, semantics="torch", chunk_size=120, **kw)
     want = F.linear_cross_entropy(x, w, t, **kw)
