@@ -19,7 +19,8 @@ and ``linear_weight`` (V, D) that require grad:
 Each provider runs in a fresh process (``--worker``), pinned to ``--threads`` CPUs with every
 pool (OpenMP, MKL, OpenBLAS, numba) of that size; ``--rounds`` rounds run every provider once
 each, in a new random order per round, so that load from other processes hits them alike. A
-process warms up (one step: imports, numba's compile), then times ``--steps`` steps, each
+process warms up (one step of a small problem: imports, numba's compile), runs one step at
+full size to measure its memory, then times ``--steps`` steps (0: the first is timed), each
 after a 50 ms pause (pools that spin after their work do not bill the next provider); the
 table gives the median over every step of every round. Memory: the peak resident memory of
 one step beyond what the process held before it (inputs, caches; gradients set to None before
@@ -55,7 +56,13 @@ def parse_args(argv=None, prog=None):
     p.add_argument("--providers", help="comma-separated subset of " + ",".join(ALL_PROVIDERS))
     p.add_argument("--threads", type=int, default=2, help="threads for every provider (2)")
     p.add_argument("--rounds", type=int, default=3, help="fresh processes per provider (3)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per process (3)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=3,
+        help="timed steps per process after the first (3; 0: "
+        "time the first, which measures the memory)",
+    )
     p.add_argument("--out", default="benchmarks/results", help="folder for CSV, table, plot")
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -75,7 +82,7 @@ def parse_args(argv=None, prog=None):
         if name not in ALL_PROVIDERS:
             p.error(f"--providers: unknown provider {name!r}; choose from {ALL_PROVIDERS}")
     for name in ("threads", "rounds", "steps"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) < (0 if name == "steps" else 1):
             p.error(f"--{name}: expected a positive integer, got {getattr(args, name)}")
     return args
 
@@ -157,9 +164,11 @@ def worker(spec: str) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    _step_of(name, min(n, 64), min(d, 64), min(v, 256))[0]()  # warm-up: imports, compiles
     step, grad_bytes = _step_of(name, n, d, v)
-    step()  # warm-up: imports, compiles, pools
-    peak = _peak_extra(step)
+    t0 = time.perf_counter()
+    peak = _peak_extra(step)  # the first step at full size: its memory (and its time)
+    first = time.perf_counter() - t0
     times = []
     for _ in range(steps):
         time.sleep(0.05)
@@ -167,7 +176,7 @@ def worker(spec: str) -> None:
         step()
         times.append(time.perf_counter() - t0)
     extra = None if peak is None else max(0.0, peak - grad_bytes)
-    print(json.dumps({"times": times, "extra_bytes": extra}), flush=True)
+    print(json.dumps({"times": times or [first], "extra_bytes": extra}), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
