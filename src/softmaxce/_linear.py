@@ -31,7 +31,7 @@ from . import _dispatch, _run
 from . import _validate as v
 from ._core import reduce, rows
 from ._core._xp import wide_dtype
-from ._options import LossOptions, loss_options
+from ._options import loss_options
 from ._problem import Problem, prepare
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
@@ -172,9 +172,10 @@ class Job:
     dtype: the target, class weights, options and layout, validated once by ``prepare``);
     NumPy arrays when the rows run on the host (the numba kernel or the NumPy core), the
     platform's tensors for the core on a device. ``h`` (N, D), ``w`` (V, D), ``b`` (V,) or None:
-    the operands of the products, in ``mats``'s arrays. ``block_dtype``: the dtype of the blocks
-    (the accumulation dtype), ``mm_dtype``: that of the products' operands when it differs
-    (float16/bfloat16 on torch: a second buffer holds the block in it).
+    the operands of the products, in ``mats``'s arrays (``NumpyMats`` or
+    ``softmaxce.torch._linear.TorchMats``). ``backend``: the row kernel (``_dispatch``);
+    ``block``: ``(rows, classes)`` of a block (:func:`block_shape`). ``ctx``, ``total``,
+    ``scale``: the row context, the mean's ``W`` and the row scale, set by :func:`run_blocks`.
     """
 
     p: Problem
@@ -310,15 +311,11 @@ def _kernel_pair(job: Job):
 
 
 def _core_row_grad(x, target, col_offset, stats, row_scale, opts, ctx, *, weight, out):
-    xp = rows.namespace(x)
-    scale = (
-        xp.asarray(row_scale, dtype=wide_dtype(xp, x.dtype)) if _is_number(row_scale) else row_scale
-    )
-    return rows.row_grad(x, target, col_offset, stats, scale, opts, ctx, weight=weight)
-
-
-def _is_number(a: Any) -> bool:
-    return isinstance(a, float | int)
+    """The core's ``row_grad`` with the numba twin's signature (``out`` unused: the core
+    returns a new array; a NumPy problem's row scale may be a Python float)."""
+    if isinstance(row_scale, float):
+        row_scale = np.asarray(row_scale)
+    return rows.row_grad(x, target, col_offset, stats, row_scale, opts, ctx, weight=weight)
 
 
 def _class_blocks(job: Job, r0: int, r1: int, buf: Any, want_grad: bool, grads) -> Any:
@@ -355,7 +352,8 @@ def _class_blocks(job: Job, r0: int, r1: int, buf: Any, want_grad: bool, grads) 
     nan_grad = None
     if sem.nan_zero_mass_grad or sem.nan_nonfinite_row_grad:
         # (nonfinite rows from the blocks' maxima: the maximum of the maxima is the row's)
-        x2 = p.xp.stack(maxima, axis=1) if maxima else p.xp.zeros_like(ctx.keep[:, None] * 1.0)
+        # (without that quirk, only the shape and dtype of the last block's column are used)
+        x2 = p.xp.stack(maxima, axis=1) if maxima else xb[:, :1]
         pb = _block_problem(p, x2, target, p.weight)
         nan_grad = _run._quirky_grad(pb, ctx, job.total, p.xp.zeros_like(x2[:, :1]))
     for c0, c1 in spans:
@@ -410,7 +408,7 @@ def run_blocks(job: Job, *, want_grad: bool, dloss: Any, grads) -> Any:
         job.total = float(job.total)
     if want_grad:
         d = _run._dloss(p, dloss, wide, floats=numpy)
-        job.scale = rows_scale(opts, d, job.total, n, numpy)
+        job.scale = reduce.row_scale(d, opts.reduction, job.total, n, floats=numpy)
     r, c = job.block
     buf = job.mats.buffers(r * c)
     parts = []
@@ -426,10 +424,6 @@ def run_blocks(job: Job, *, want_grad: bool, dloss: Any, grads) -> Any:
     else:
         loss = reduce.reduce(loss_rows, opts.reduction, job.total)
     return _run._output(p, loss)
-
-
-def rows_scale(opts: LossOptions, d: Any, total: Any, n: int, numpy: bool) -> Any:
-    return reduce.row_scale(d, opts.reduction, total, n, floats=numpy)
 
 
 def _concat(xp: Any, parts: list, numpy: bool, wide: Any) -> Any:
