@@ -19,10 +19,11 @@ and ``linear_weight`` (V, D) that require grad:
 Each provider runs in a fresh process (``--worker``), pinned to ``--threads`` CPUs with every
 pool (OpenMP, MKL, OpenBLAS, numba) of that size; ``--rounds`` rounds run every provider once
 each, in a new random order per round, so that load from other processes hits them alike. A
-process warms up (one step of a small problem: imports, numba's compile), runs one step at
-full size to measure its memory, then times ``--steps`` steps (0: the first is timed), each
-after a 50 ms pause (pools that spin after their work do not bill the next provider); the
-table gives the median over every step of every round. Memory: the peak resident memory of
+process warms up (one step of a small problem: imports, numba's compile; then one at full
+size unless ``--steps 0``), runs one step at full size to measure its memory, then times
+``--steps`` steps (0: the memory step is timed, and measured cold), each after a 50 ms
+pause (pools that spin after their work do not bill the next provider); the table gives the
+median over every step of every round. Memory: the peak resident memory of
 one step beyond what the process held before it (inputs, caches; gradients set to None before
 the step, as ``zero_grad()`` does), minus the gradients themselves (Linux ``VmHWM``, reset
 through ``/proc/self/clear_refs``; glibc's mmap threshold is fixed at 128 KiB so that freed
@@ -114,7 +115,7 @@ def _peak_extra(step) -> float | None:
 
 
 def _step_of(name: str, n: int, d: int, v: int):
-    """``(step, gradient bytes)`` of one provider."""
+    """``(step, gradient bytes, zero_grad)`` of one provider."""
     import torch
     import torch.nn.functional as F
 
@@ -123,6 +124,9 @@ def _step_of(name: str, n: int, d: int, v: int):
     w = (torch.randn(v, d, generator=g) / d**0.5).requires_grad_()
     t = torch.randint(0, v, (n,), generator=g)
     grad_bytes = (n * d + v * d) * 4
+
+    def zero_grad():
+        x.grad = w.grad = None
 
     def backward_of(loss_fn):
         def step():
@@ -134,19 +138,27 @@ def _step_of(name: str, n: int, d: int, v: int):
     if name == "softmaxce":
         import softmaxce.torch as sct
 
-        return backward_of(lambda: sct.linear_cross_entropy(x, w, t)), grad_bytes
+        return backward_of(lambda: sct.linear_cross_entropy(x, w, t)), grad_bytes, zero_grad
     if name == "softmaxce_numpy":
         import softmaxce
 
         xn, wn, tn = x.detach().numpy(), w.detach().numpy(), t.numpy()
-        return (lambda: softmaxce.linear_cross_entropy_with_grad(xn, wn, tn)), grad_bytes
+        return (
+            (lambda: softmaxce.linear_cross_entropy_with_grad(xn, wn, tn)),
+            grad_bytes,
+            gc.collect,
+        )
     if name == "unfused":
-        return backward_of(lambda: F.cross_entropy(F.linear(x, w), t)), grad_bytes
+        return backward_of(lambda: F.cross_entropy(F.linear(x, w), t)), grad_bytes, zero_grad
     if name == "torch_ref":
-        return backward_of(lambda: F.linear_cross_entropy(x, w, t)), grad_bytes
+        return backward_of(lambda: F.linear_cross_entropy(x, w, t)), grad_bytes, zero_grad
     if name == "torch_chunked":
         opts = torch.nn.LinearCrossEntropyOptions()
-        return backward_of(lambda: F.linear_cross_entropy(x, w, t, options=opts)), grad_bytes
+        return (
+            backward_of(lambda: F.linear_cross_entropy(x, w, t, options=opts)),
+            grad_bytes,
+            zero_grad,
+        )
 
     def floor():
         with torch.no_grad():
@@ -154,7 +166,7 @@ def _step_of(name: str, n: int, d: int, v: int):
             logits @ w
             logits.t() @ x
 
-    return floor, 0
+    return floor, 0, gc.collect
 
 
 def worker(spec: str) -> None:
@@ -165,9 +177,12 @@ def worker(spec: str) -> None:
 
     torch.set_num_threads(threads)
     _step_of(name, min(n, 64), min(d, 64), min(v, 256))[0]()  # warm-up: imports, compiles
-    step, grad_bytes = _step_of(name, n, d, v)
+    step, grad_bytes, zero_grad = _step_of(name, n, d, v)
+    if steps:  # one step at full size, untimed (pools, BLAS buffers), its gradients dropped
+        step()
+        zero_grad()
     t0 = time.perf_counter()
-    peak = _peak_extra(step)  # the first step at full size: its memory (and its time)
+    peak = _peak_extra(step)  # its memory (and, with --steps 0, its time)
     first = time.perf_counter() - t0
     times = []
     for _ in range(steps):
