@@ -268,3 +268,11 @@ def test_bad_input_raises_naming_the_argument(change, error, words):
     pos = [args.pop(k) for k in ("input", "linear_weight", "target")]
     with pytest.raises(error, match=words):
         sc.linear_cross_entropy_with_grad(*pos, **args)
+
+
+def test_bench_modes_linear_selects_the_linear_benchmark():
+    from softmaxce import _bench
+
+    assert _bench._linear_mode(["--modes", "linear", "--rounds", "1"])
+    assert _bench._linear_mode(["--modes=linear"])
+    assert not _bench._linear_mode(["--modes", "full", "--sizes", "64x10"])
