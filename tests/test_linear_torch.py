@@ -226,9 +226,10 @@ def test_unbatched_input():
         ({"semantics": "jax"}, ValueError, "semantics"),
     ],
 )
-def test_bad_input_raises_naming_the_argument(change, error, words):
+@pytest.mark.parametrize("backend", ["auto", "core"])
+def test_bad_input_raises_naming_the_argument(change, error, words, backend):
     x, w, t, _ = _case({})
     args = {"input": x.detach(), "linear_weight": w.detach(), "target": t, **change}
     pos = [args.pop(k) for k in ("input", "linear_weight", "target")]
     with pytest.raises(error, match=words):
-        sct.linear_cross_entropy(*pos, **args)
+        sct.linear_cross_entropy(*pos, backend=backend, **args)

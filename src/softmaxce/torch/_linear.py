@@ -327,6 +327,8 @@ def linear_cross_entropy(
         loss = _autograd.core_loss(logits, t, weight, opts)
     else:
         kernel = "core" if call.path == "core" else call.kernel
+        if kernel == "core" and x.device.type == "cpu" and not torch.compiler.is_compiling():
+            _autograd._check_host_values(stand_in, t, weight, opts)  # (the host path checks)
         loss = LinearCrossEntropy.apply(
             x, linear_weight, linear_bias, t, weight, opts, chunk, kernel
         )
