@@ -226,8 +226,11 @@ class LinearCrossEntropy(torch.autograd.Function):
             dh, dw, db = dh * grad_output, dw * grad_output, db * grad_output
         else:
             ctx.given_away = True
-            dh, dw, db = dh.data.mul_(grad_output), dw.data.mul_(grad_output), db.data
-            db = db.mul_(grad_output)
+            dh, dw, db = dh.data, dw.data, db.data
+            # (``bool`` is a host sync on other devices: there the product is taken anyway)
+            unit = grad_output.device.type == "cpu" and bool(grad_output == 1)
+            if not unit:
+                dh, dw, db = dh.mul_(grad_output), dw.mul_(grad_output), db.mul_(grad_output)
         return dh, dw, (db if b is not None else None), None, None, None, None, None
 
 
