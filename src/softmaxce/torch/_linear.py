@@ -137,14 +137,12 @@ def run(input, w, b, target, weight, dloss, opts: LossOptions, chunk: int, kerne
     grads = None
     if want_grad:
         new = {"device": input.device, "dtype": acc}
-        dh = torch.empty((n, d), **new)
+        make = torch.empty if n else torch.zeros  # (the first row block writes, the others add)
         grads = (
-            dh,
-            torch.zeros(w.shape, **new),
-            None if b is None else torch.zeros(b.shape, **new),
+            make((n, d), **new),
+            make(w.shape, **new),
+            None if b is None else make(b.shape, **new),
         )
-        if n == 0:
-            dh.zero_()
     loss = _linear.run_blocks(job, want_grad=want_grad, dloss=dl, grads=grads)
     loss = torch.as_tensor(np.asarray(loss)) if host else loss
     loss = loss.to(device=input.device, dtype=input.dtype)
