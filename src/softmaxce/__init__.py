@@ -26,6 +26,7 @@ from ._api import (
     softmax_jacobian,
     softmax_vjp,
 )
+from ._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,8 @@ __all__ = [
     "cross_entropy",
     "cross_entropy_vjp",
     "gradcheck",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
     "log_softmax",
     "log_softmax_vjp",
     "logsumexp",

@@ -64,6 +64,7 @@ import gc
 import os
 import platform
 import random
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -105,7 +106,11 @@ def parse_args(argv=None, prog=None):
     p.add_argument("--quick", action="store_true", help="small sizes, fewer repeats (~1 min)")
     p.add_argument("--sizes", help="comma-separated NxC, e.g. 64x10,4096x32000")
     p.add_argument("--providers", help="comma-separated subset of " + ",".join(ALL_PROVIDERS))
-    p.add_argument("--modes", help="comma-separated subset of " + ",".join(ALL_MODES))
+    p.add_argument(
+        "--modes",
+        help="comma-separated subset of " + ",".join(ALL_MODES) + "; or linear alone: fused "
+        "linear + cross-entropy (its own options: softmaxce bench --modes linear --help)",
+    )
     p.add_argument("--threads", type=int, default=2, help="threads for every provider (2)")
     p.add_argument("--repeats", type=int, help="rounds per size (default: by size)")
     p.add_argument("--out", default="benchmarks/results", help="folder for CSV, table, plot")
@@ -501,7 +506,18 @@ def plot(rows, path, header):
     plt.close(fig)
 
 
+def _linear_mode(argv) -> bool:
+    """``--modes linear``: the fused linear + cross-entropy benchmark (``_bench_linear``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pairs = zip(argv, [*argv[1:], ""], strict=True)
+    return any(a == "--modes=linear" or (a == "--modes" and b == "linear") for a, b in pairs)
+
+
 def main(argv=None, prog=None):
+    if _linear_mode(argv):
+        from . import _bench_linear
+
+        return _bench_linear.main(argv, prog)
     args = parse_args(argv, prog)
     set_threads(args.threads)
 

@@ -42,8 +42,9 @@ import torch
 from .. import _validate as v
 from . import _autograd
 from ._checks import check_backend, check_call, check_semantics
+from ._linear import LinearCrossEntropyLoss, linear_cross_entropy
 
-__all__ = ["CrossEntropyLoss", "cross_entropy"]
+__all__ = ["CrossEntropyLoss", "LinearCrossEntropyLoss", "cross_entropy", "linear_cross_entropy"]
 
 
 def cross_entropy(
