@@ -30,6 +30,16 @@ def _offset(axis_name: Any, width: int) -> Any:
     return jax.lax.axis_index(axis_name) * width
 
 
+def _gather(packed: Any, axis_name: Any) -> Any:
+    """Every device's ``packed`` statistics, stacked in axis order: the result is the same on
+    every device, and typed so (``to="invarying"``) where JAX has it, so that the loss may be
+    declared replicated (``out_specs=P()``) under ``check_vma``."""
+    try:
+        return jax.lax.all_gather(packed, axis_name, to="invarying")
+    except TypeError:  # (older JAX: no such argument, and no replication check to satisfy)
+        return jax.lax.all_gather(packed, axis_name)
+
+
 def _partial_mass(t2, weight, off, width, ctx, acc):
     """This block's share of each row's target mass ``v_i sum_c w_c y_ic`` (None when the
     mass is the row count, which every device knows whole)."""
@@ -51,7 +61,7 @@ def _forward(opts: LossOptions, axis_name: Any, x2, t2, weight):
     mine = rows.row_stats(x2, t2, off, opts, ctx, weight=weight)
     mass = _partial_mass(t2, weight, off, width, ctx, acc)
     packed = jnp.stack([*mine, *(() if mass is None else (mass,))])
-    every = jax.lax.all_gather(packed, axis_name)  # (shards, 6 or 7, N): the one collective
+    every = _gather(packed, axis_name)  # (shards, 6 or 7, N): the one collective
     merged = rows.RowStats(*every[0, :6])
     for k in range(1, every.shape[0]):
         merged = rows.merge(merged, rows.RowStats(*every[k, :6]))
