@@ -43,7 +43,7 @@ def _zero_cotangent(a: Any) -> Any:
     return jnp.zeros_like(a) if _floating(a) else None
 
 
-def _side_cotangents(opts, x2, t2, weight, where2, g):
+def side_cotangents(opts, x2, t2, weight, where2, g):
     """Cotangents of a float target and float class weights: autodiff of the core's loss with
     the logits fixed (rows that do not count have their logits zeroed, ``for_autograd``)."""
     diff_t, diff_w = _floating(t2), _floating(weight)
@@ -78,7 +78,7 @@ def _core_bwd(opts, res, g):
     x2, t2, weight, where2, state = res
     p = problem(opts, x2, t2, weight, where2)
     dx = _run.core_grad(p, state, g)
-    ct_t, ct_w = _side_cotangents(opts, x2, t2, weight, where2, g)
+    ct_t, ct_w = side_cotangents(opts, x2, t2, weight, where2, g)
     return dx, ct_t, ct_w, None
 
 
