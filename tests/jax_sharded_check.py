@@ -9,12 +9,12 @@ import sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ["JAX_ENABLE_X64"] = "1"
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
 
-import softmaxce.jax as scj  # noqa: E402
+import softmaxce.jax as scj
 
 CASES = [
     {},
@@ -39,25 +39,31 @@ def check(case: dict, dtype) -> None:
         t_spec = P()
     w = jnp.asarray(rng.random(c) + 0.5, dtype=dtype) if case.get("weight") else None
     mesh = jax.make_mesh((4,), ("v",), axis_types=(jax.sharding.AxisType.Auto,))
-    out_spec = P() if kw.get("reduction") != "none" else P()
+    out_spec = P()  # (the loss, also the rows of "none", is the same on every device)
 
     def local(x_, t_, w_):
         return scj.vocab_parallel_cross_entropy(x_, t_, axis_name="v", weight=w_, **kw)
 
     sharded = jax.jit(
         jax.shard_map(
-            local, mesh=mesh, in_specs=(P(None, "v"), t_spec, P("v") if w is not None else P()),
+            local,
+            mesh=mesh,
+            in_specs=(P(None, "v"), t_spec, P("v") if w is not None else P()),
             out_specs=out_spec,
         )
     )
     whole = lambda x_: scj.softmax_cross_entropy(x_, t, weight=w, backend="xla", **kw)  # noqa: E731
     tol = 8 * float(jnp.finfo(dtype).eps)
     got, want = sharded(x, t, w), whole(x)
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=tol, atol=tol, err_msg=str(case))
+    np.testing.assert_allclose(
+        np.asarray(got), np.asarray(want), rtol=tol, atol=tol, err_msg=str(case)
+    )
     seed = jnp.asarray(rng.standard_normal(np.shape(want)), dtype=dtype)
     g_got = jax.grad(lambda x_: jnp.sum(sharded(x_, t, w) * seed))(x)
     g_want = jax.grad(lambda x_: jnp.sum(whole(x_) * seed))(x)
-    np.testing.assert_allclose(np.asarray(g_got), np.asarray(g_want), rtol=tol, atol=tol, err_msg=str(case))
+    np.testing.assert_allclose(
+        np.asarray(g_got), np.asarray(g_want), rtol=tol, atol=tol, err_msg=str(case)
+    )
 
 
 def main() -> int:

@@ -41,9 +41,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .. import _validate as v
 from .._options import loss_options
 from .._problem import as_float, prepare, where_array
-from .. import _validate as v
 from . import _vjp
 from ._linear import linear_cross_entropy
 from ._sharded import vocab_parallel_cross_entropy
@@ -103,9 +103,7 @@ def log_softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> jax.Array:
     return _vjp.log_softmax(ax, arr, mask)
 
 
-def logsumexp(
-    x: Any, /, *, axis: int = -1, keepdims: bool = False, where: Any = None
-) -> jax.Array:
+def logsumexp(x: Any, /, *, axis: int = -1, keepdims: bool = False, where: Any = None) -> jax.Array:
     r"""``log(sum(exp(x)))`` along ``axis`` (``-inf`` for a row with no allowed entry).
 
     Examples
@@ -168,9 +166,7 @@ def softmax_cross_entropy(
         soft_target_loss=soft_target_loss,
     )
     logits = as_jax(logits)
-    p = prepare(
-        logits, as_jax(target), opts, axis=axis, weight=as_jax(weight), where=as_jax(where)
-    )
+    p = prepare(logits, as_jax(target), opts, axis=axis, weight=as_jax(weight), where=as_jax(where))
     loss = _rows_loss(p, backend)
     return loss if opts.reduction != "none" else jnp.reshape(loss, p.batch_shape)
 

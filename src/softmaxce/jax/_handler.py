@@ -155,7 +155,7 @@ def _no_rows(c):
 def compile_handler(pat: F.Pattern, version: tuple[int, int]):
     """The ``numba.cfunc`` handler of ``pat`` (``.address`` is its entry point)."""
     bits = pat.x == "float16"  # float16 travels as its uint16 bits, as in the NumPy kernels
-    x_vec, x_mat, _ = _readers(np.uint16 if bits else pat.x)
+    _, x_mat, _ = _readers(np.uint16 if bits else pat.x)
     t_vec = _readers(pat.t)[0]
     acc_vec, _, acc_scalar = _readers(pat.acc)
     kernel_acc = np.float64 if pat.x == "float64" else np.float32

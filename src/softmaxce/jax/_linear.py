@@ -22,6 +22,7 @@ from .._core import reduce, rows
 from .._core._xp import acc_dtype, wide_dtype
 from .._options import LossOptions, loss_options
 from .._problem import _softcap_fits
+from ._vjp import zero_cotangent
 
 # Default block of classes: N x chunk logits per step (4096 x 2048 float32 = 32 MB).
 DEFAULT_CHUNK = 2048
@@ -124,9 +125,7 @@ def _bwd(st, res, g):
         dbs.append(jnp.reshape(dbb, (count * width,)))
     dw = jnp.concatenate(dws).astype(w_all.dtype)
     db = None if b_all is None else jnp.concatenate(dbs).astype(b_all.dtype)
-    zero = (lambda a: None if a is None or not jnp.issubdtype(a.dtype, jnp.floating)
-            else jnp.zeros_like(a))  # fmt: skip
-    return dh.astype(h2.dtype), dw, db, zero(t2), zero(weight)
+    return dh.astype(h2.dtype), dw, db, zero_cotangent(t2), zero_cotangent(weight)
 
 
 _linear_loss.defvjp(_fwd, _bwd)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from .._core import reduce, rows
 from .._core._xp import acc_dtype, wide_dtype
 from .._options import LossOptions, loss_options
+from ._vjp import zero_cotangent
 
 
 def _offset(axis_name: Any, width: int) -> Any:
@@ -96,9 +97,7 @@ def _bwd(opts, axis_name, res, g):
     grad = rows.row_grad(x2, t2, off, merged, scale, opts, ctx, weight=weight)
     if total is not None:
         grad = jnp.where((total != 0) & (total == total), grad, 0.0)
-    zero = (lambda a: None if a is None or not jnp.issubdtype(a.dtype, jnp.floating)
-            else jnp.zeros_like(a))  # fmt: skip
-    return jnp.astype(grad, x2.dtype), zero(t2), zero(weight)
+    return jnp.astype(grad, x2.dtype), zero_cotangent(t2), zero_cotangent(weight)
 
 
 _sharded_loss.defvjp(_fwd, _bwd)

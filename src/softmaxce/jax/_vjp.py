@@ -38,7 +38,7 @@ def _floating(a: Any) -> bool:
     return a is not None and jnp.issubdtype(a.dtype, jnp.floating)
 
 
-def _zero_cotangent(a: Any) -> Any:
+def zero_cotangent(a: Any) -> Any:
     """No gradient flows to ``a``: None (integers, bools, absent arrays) or zeros (floats)."""
     return jnp.zeros_like(a) if _floating(a) else None
 
@@ -48,17 +48,19 @@ def side_cotangents(opts, x2, t2, weight, where2, g):
     the logits fixed (rows that do not count have their logits zeroed, ``for_autograd``)."""
     diff_t, diff_w = _floating(t2), _floating(weight)
     if not (diff_t or diff_w):
-        return _zero_cotangent(t2), _zero_cotangent(weight)
+        return zero_cotangent(t2), zero_cotangent(weight)
 
     def loss_of(t, w):
-        p = _run.for_autograd(problem(opts, x2, t if diff_t else t2, w if diff_w else weight, where2))
+        p = _run.for_autograd(
+            problem(opts, x2, t if diff_t else t2, w if diff_w else weight, where2)
+        )
         return _run.core_loss(p, _run.core_state(p))
 
     t_in = t2 if diff_t else jnp.zeros(())
     w_in = weight if diff_w else jnp.zeros(())
     _, vjp = jax.vjp(loss_of, t_in, w_in)
     ct_t, ct_w = vjp(g)
-    return (ct_t if diff_t else None), (ct_w if diff_w else _zero_cotangent(weight))
+    return (ct_t if diff_t else None), (ct_w if diff_w else zero_cotangent(weight))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
