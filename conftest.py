@@ -23,6 +23,8 @@ collect_ignore = [
     for path, needs in [
         ("src/softmaxce/_numba", "numba"),
         ("src/softmaxce/torch", "torch"),
+        ("src/softmaxce/jax", "jax"),
+        ("src/softmaxce/jax/_handler.py", "numba"),
     ]
     if importlib.util.find_spec(needs) is None
 ]
