@@ -9,8 +9,6 @@ does for NumPy arrays.
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from typing import Any
 
 import numba
@@ -154,47 +152,6 @@ def _no_rows(c):
     return None
 
 
-HUGE = 1 << 21  # a transparent huge page (x86-64, aarch64 with 4 KiB pages)
-MADV_HUGEPAGE = 14
-
-
-def _madvise() -> Any:
-    """libc's ``madvise`` as a ctypes function numba can call, or None (not Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):  # pragma: no cover - an unusual libc
-        return None
-    fn.argtypes = (ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int)
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_MADVISE = _madvise()
-
-
-if _MADVISE is None:  # pragma: no cover - not Linux
-
-    @numba.njit
-    def _huge_pages(addr, nbytes):
-        return None
-
-else:
-
-    @numba.njit
-    def _huge_pages(addr, nbytes):
-        """Ask for transparent huge pages on the 2 MiB-aligned interior of a large buffer that
-        is about to be written whole (NumPy gives its own large arrays the same hint). XLA's
-        fresh result buffers otherwise fault in 4 KiB pages: measured here, writing a fresh
-        500 MB XLA buffer cost about 450 ms against 75 ms for a NumPy one. A hint only: where
-        THP is off or the pages exist already, nothing changes."""
-        start = (addr + HUGE - 1) & ~(HUGE - 1)
-        stop = (addr + nbytes) & ~(HUGE - 1)
-        if stop - start >= 2 * HUGE:
-            _MADVISE(start, stop - start, MADV_HUGEPAGE)
-
-
 def compile_handler(pat: F.Pattern, version: tuple[int, int]):
     """The ``numba.cfunc`` handler of ``pat`` (``.address`` is its entry point)."""
     bits = pat.x == "float16"  # float16 travels as its uint16 bits, as in the NumPy kernels
@@ -239,7 +196,6 @@ def compile_handler(pat: F.Pattern, version: tuple[int, int]):
         w = weights(args, 3, c)
         loss = acc_vec(rets, 0, n)
         g = x_mat(rets, 1, n, c)
-        _huge_pages(_data(rets, 1), g.size * g.itemsize)
         fused(
             0, n, x, t, None, w, None, eps_of(attrs, 0), cap_of(attrs, 2), kl_of(attrs, 0),
             _attr_f64(attrs, 3), _attr_i64(attrs, 1), rs, g, z_rows(c), c_rows(c), e_rows(c),
