@@ -318,3 +318,24 @@ def test_soft_rows_equal_optax_softmax_cross_entropy():
     mean_theirs = jax.grad(lambda a: jnp.mean(optax.softmax_cross_entropy(a, yj)))(xj)
     # softmaxce's mean divides by the target mass (N for distributions that sum to 1)
     np.testing.assert_allclose(np.asarray(mean_ours), np.asarray(mean_theirs), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("opts", [OPTIONS[2], OPTIONS[7], OPTIONS[11]], ids=["none", "w", "m"])
+@pytest.mark.parametrize("soft", [False, True], ids=["index", "soft"])
+def test_core_in_blocks_of_rows_equals_the_numpy_function(opts, soft, monkeypatch):
+    # blocks of 2 rows for N = 5: two full blocks and a remainder of one row
+    from softmaxce.jax import _vjp
+
+    monkeypatch.setattr(_vjp, "ROW_BLOCK", 2 * C)
+    assert _vjp.rows_per_block(N, C) == 2
+    x, t, rng = _inputs(np.float64, soft)
+    kw = _resolve(opts, rng)
+    seed = rng.standard_normal(N) if kw.get("reduction") == "none" else 0.7
+    want, want_g = _numpy(x, t, dloss=seed, **kw)
+
+    def f(xj):
+        return jnp.sum(scj.softmax_cross_entropy(xj, t, backend="xla", **kw) * seed)
+
+    loss, g = jax.jit(jax.value_and_grad(f))(jnp.asarray(x))
+    np.testing.assert_allclose(float(loss), float(np.sum(want * seed)), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(g), want_g, rtol=1e-12, atol=1e-15)

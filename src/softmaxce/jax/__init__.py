@@ -181,4 +181,5 @@ def _rows_loss(p: Any, backend: str) -> jax.Array:
         if backend == "ffi":
             msg = f"backend='ffi' cannot run this call: {why}"
             raise ValueError(msg)
-    return _vjp.core_rows_loss(p.opts, p.x2, p.target, p.weight, p.where)
+    block = _vjp.rows_per_block(*p.x2.shape)
+    return _vjp.core_rows_loss(p.opts, block, p.x2, p.target, p.weight, p.where)
