@@ -29,9 +29,9 @@ Examples
 >>> x = jnp.array([[2.0, 2.0, 2.0], [0.0, 0.0, 1e6]])
 >>> round(float(scj.softmax_cross_entropy(x, jnp.array([0, 2]))), 6)
 0.549306
->>> jax.grad(scj.softmax_cross_entropy)(x, jnp.array([0, 2])).round(4)
-Array([[-0.3333,  0.1667,  0.1667],
-       [ 0.    ,  0.    ,  0.    ]], dtype=float32)
+>>> g = jax.grad(scj.softmax_cross_entropy)(x, jnp.array([0, 2]))
+>>> g.astype(float).round(4).tolist()
+[[-0.3333, 0.1667, 0.1667], [0.0, 0.0, 0.0]]
 """
 
 from __future__ import annotations
@@ -83,8 +83,8 @@ def softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> jax.Array:
     Examples
     --------
     >>> import jax.numpy as jnp, softmaxce.jax as scj
-    >>> scj.softmax(jnp.array([0.0, 0.0, 1e30]))
-    Array([0., 0., 1.], dtype=float32)
+    >>> scj.softmax(jnp.array([0.0, 0.0, 1e30])).tolist()
+    [0.0, 0.0, 1.0]
     """
     ax, arr, mask = _unary(x, axis, where)
     return _vjp.softmax(ax, arr, mask)
@@ -96,8 +96,8 @@ def log_softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> jax.Array:
     Examples
     --------
     >>> import jax.numpy as jnp, softmaxce.jax as scj
-    >>> scj.log_softmax(jnp.array([0.0, 0.0, 1e6]))
-    Array([-1000000., -1000000.,        0.], dtype=float32)
+    >>> scj.log_softmax(jnp.array([0.0, 0.0, 1e6])).tolist()
+    [-1000000.0, -1000000.0, 0.0]
     """
     ax, arr, mask = _unary(x, axis, where)
     return _vjp.log_softmax(ax, arr, mask)
@@ -109,8 +109,9 @@ def logsumexp(x: Any, /, *, axis: int = -1, keepdims: bool = False, where: Any =
     Examples
     --------
     >>> import jax.numpy as jnp, softmaxce.jax as scj
-    >>> scj.logsumexp(jnp.array([1e30, 1e30]))
-    Array(1.e+30, dtype=float32)
+    >>> x = jnp.array([1e30, 1e30])
+    >>> bool(scj.logsumexp(x) == x[0])  # (1e30 + log 2 rounds to 1e30; no overflow)
+    True
     """
     ax, arr, mask = _unary(x, axis, where)
     return _vjp.logsumexp(ax, bool(keepdims), arr, mask)
@@ -149,10 +150,10 @@ def softmax_cross_entropy(
     >>> import jax, jax.numpy as jnp, softmaxce.jax as scj
     >>> x = jnp.array([[1.0, 2.0, 3.0]])
     >>> loss, g = jax.value_and_grad(scj.softmax_cross_entropy)(x, jnp.array([2]))
-    >>> round(float(loss), 6), g.round(4)
-    (0.407606, Array([[ 0.09  ,  0.2447, -0.3348]], dtype=float32))
-    >>> scj.softmax_cross_entropy(x, jnp.array([-100]))  # all ignored: 0, not NaN
-    Array(0., dtype=float32)
+    >>> round(float(loss), 6), g.astype(float).round(4).tolist()
+    (0.407606, [[0.09, 0.2447, -0.3348]])
+    >>> float(scj.softmax_cross_entropy(x, jnp.array([-100])))  # all ignored: 0, not NaN
+    0.0
     """
     if backend not in BACKENDS:
         msg = f"backend must be one of {BACKENDS}, got {backend!r}"

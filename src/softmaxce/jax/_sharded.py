@@ -135,7 +135,7 @@ def vocab_parallel_cross_entropy(
     >>> import jax, jax.numpy as jnp, numpy as np
     >>> from jax.sharding import PartitionSpec as P
     >>> import softmaxce.jax as scj
-    >>> mesh = jax.make_mesh((1,), ("v",))
+    >>> mesh = jax.make_mesh((1,), ("v",), axis_types=(jax.sharding.AxisType.Auto,))
     >>> f = jax.shard_map(
     ...     lambda x, t: scj.vocab_parallel_cross_entropy(x, t, axis_name="v"),
     ...     mesh=mesh, in_specs=(P(None, "v"), P()), out_specs=P())
