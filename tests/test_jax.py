@@ -339,3 +339,12 @@ def test_core_in_blocks_of_rows_equals_the_numpy_function(opts, soft, monkeypatc
     loss, g = jax.jit(jax.value_and_grad(f))(jnp.asarray(x))
     np.testing.assert_allclose(float(loss), float(np.sum(want * seed)), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(g), want_g, rtol=1e-12, atol=1e-15)
+
+
+def test_linear_cross_entropy_checks_labels_and_weights_eagerly():
+    h = np.ones((2, 3), np.float32)
+    w = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match="target"):
+        scj.linear_cross_entropy(h, w, np.array([0, 4]))
+    with pytest.raises(ValueError, match="weight"):
+        scj.linear_cross_entropy(h, w, np.array([0, 3]), weight=np.array([1.0, np.nan, 1, 1]))

@@ -17,11 +17,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from .. import _validate as v
 from .._core import reduce, rows
 from .._core._xp import acc_dtype, wide_dtype
 from .._options import LossOptions, loss_options
-from .._problem import _softcap_fits
+from .._problem import _softcap_fits, readable
 from ._vjp import zero_cotangent
 
 # Default block of classes: N x chunk logits per step (4096 x 2048 float32 = 32 MB).
@@ -181,6 +183,7 @@ def linear_cross_entropy(
     b_all, t, cw = as_jax(linear_bias), as_jax(target), as_jax(weight)
     _check(h, w_all, b_all, t, cw)
     _softcap_fits(jnp, h.dtype, opts.softcap)
+    check_values(t, cw, w_all.shape[0], opts)
     v_total = w_all.shape[0]
     chunk = DEFAULT_CHUNK if chunk_size is None else int(chunk_size)
     if chunk < 1:
@@ -191,6 +194,18 @@ def linear_cross_entropy(
     t2 = jnp.reshape(t, (-1, v_total)) if soft else jnp.reshape(t, (-1,))
     loss = _linear_loss(_Static(opts, min(chunk, v_total)), h2, w_all, b_all, t2, cw)
     return loss if opts.reduction != "none" else jnp.reshape(loss, h.shape[:-1])
+
+
+def check_values(t: Any, cw: Any, n_classes: int, opts: LossOptions) -> None:
+    """The checks that need the values (labels in range, class weights finite and allowed),
+    where the arrays are concrete (eager calls; under ``jit`` they cannot run)."""
+    if not jnp.issubdtype(t.dtype, jnp.floating) and readable(t):
+        v.check_labels(v.to_host(t), n_classes, opts.ignore_index, "target")
+    if cw is not None and readable(cw):
+        host = v.to_host(cw).astype(np.float64)
+        v.class_weight(
+            host, n_classes, name="weight", allow_negative=opts.semantics.negative_weight
+        )
 
 
 def _check(h, w_all, b_all, t, cw) -> None:

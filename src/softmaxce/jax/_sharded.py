@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from .._core import reduce, rows
 from .._core._xp import acc_dtype, wide_dtype
 from .._options import LossOptions, loss_options
+from .._problem import _softcap_fits
 from ._vjp import zero_cotangent
 
 
@@ -169,6 +170,7 @@ def vocab_parallel_cross_entropy(
     if w is not None and tuple(w.shape) != (width,):
         msg = f"weight must have this block's shape ({width},), got shape {tuple(w.shape)}"
         raise ValueError(msg)
+    _softcap_fits(jnp, x.dtype, opts.softcap)
     x2 = jnp.reshape(x, (-1, width))
     t2 = jnp.reshape(t, (-1, width)) if soft else jnp.reshape(t, (-1,))
     loss = _sharded_loss(opts, axis_name, x2, t2, w)
