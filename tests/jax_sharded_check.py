@@ -70,7 +70,7 @@ def main() -> int:
     assert jax.device_count() == 4, jax.devices()
     for case in CASES:
         check(case, jnp.float32)
-    for case in (CASES[1], CASES[-1]):  # (float64: two cases, each compile costs seconds)
+    for case in (CASES[-1],):  # (float64: one case, each compile costs seconds)
         check(case, jnp.float64)
     print("sharded: ok")
     return 0
