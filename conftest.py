@@ -29,6 +29,8 @@ collect_ignore = [
         ("src/softmaxce/_numba", "numba"),
         ("src/softmaxce/torch", "torch"),
         ("src/softmaxce/_triton", "triton"),
+        ("src/softmaxce/jax", "jax"),
+        ("src/softmaxce/jax/_handler.py", "numba"),
     ]
     if importlib.util.find_spec(needs) is None
 ]

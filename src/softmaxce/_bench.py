@@ -18,6 +18,9 @@ Providers (float32 logits (N, C), int64 labels, mean reduction):
 * ``torch_compile``  torch.compile of the same (inductor; compiled once per shape, untimed)
 * ``jax``            jax.jit(jax.value_and_grad(optax integer-label CE mean)); forward is
                      jax.jit of the loss alone
+* ``jax_ffi``        softmaxce.jax.softmax_cross_entropy(backend="ffi") under the same
+                     jax.jit(jax.value_and_grad(...)): the numba kernel behind XLA's FFI
+* ``jax_xla``        the same with backend="xla": softmaxce's core as XLA operations
 * ``copy``           the memory floor: np.copyto(preallocated, logits), one read + one write
 
 Modes: ``forward`` (loss only), ``backward`` (the gradient, given what forward saved; only for
@@ -49,6 +52,10 @@ Peak extra memory, beyond the inputs, of one (untimed) call:
   buffers above 32 MiB afresh on each allocation, so the large sizes are measured exactly;
   smaller buffers may reuse freed heap pages and read low.
 
+``--jax`` is the JAX comparison of issue 15: sizes 4096x32000, providers jax_ffi, jax_xla,
+jax (optax) and copy, mode full (unless given), and the ratios optax / softmaxce.jax printed
+after the table.
+
 Writes ``fused.csv`` and ``fused.png`` into ``--out`` (default benchmarks/results/) and prints
 a table. The default full run takes about 5 to 8 minutes on 2 cores; ``--quick`` (sizes up to
 1024 x 8000, fewer rounds, no prefault) about a minute. Providers that cannot run here are
@@ -77,8 +84,11 @@ ALL_PROVIDERS = [
     "torch",
     "torch_compile",
     "jax",
+    "jax_ffi",
+    "jax_xla",
     "copy",
 ]
+JAX_PRESET = {"sizes": "4096x32000", "providers": "jax_ffi,jax_xla,jax,copy", "modes": "full"}
 ALL_MODES = ["forward", "backward", "full"]
 DEFAULT_SIZES = [(64, 10), (512, 1000), (4096, 32000), (512, 256000)]
 QUICK_SIZES = [(64, 10), (512, 1000), (1024, 8000)]
@@ -116,12 +126,19 @@ def parse_args(argv=None, prog=None):
     p.add_argument("--out", default="benchmarks/results", help="folder for CSV, table, plot")
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.add_argument(
+        "--jax", action="store_true", help="softmaxce.jax (FFI kernel, core) against optax"
+    )
+    p.add_argument(
         "--prefault-gb",
         type=float,
         default=None,
         help="touch this much fresh memory once before measuring (default 6, 0 with --quick)",
     )
     args = p.parse_args(argv)
+    if args.jax:
+        for key, value in JAX_PRESET.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
     if args.sizes:
         try:
             args.sizes = [
@@ -147,7 +164,8 @@ def parse_args(argv=None, prog=None):
     for name in args.modes:
         if name not in ALL_MODES:
             p.error(f"--modes: unknown mode {name!r}; choose from {ALL_MODES}")
-    needs = {"torch": "torch", "torch_compile": "torch", "jax": "jax"}
+    needs = {"torch": "torch", "torch_compile": "torch", "jax": "jax", "jax_ffi": "jax"}
+    needs["jax_xla"] = "jax"
     # provider -> why it cannot run; numba's providers are checked in main(), after the
     # thread settings (numba reads NUMBA_NUM_THREADS when it is imported)
     args.skipped = {
@@ -355,11 +373,43 @@ def make_providers(names, x, t):
             "forward": (none, lambda _: f_loss(xj, tj).block_until_ready()),
             "full": (none, lambda _: jax.block_until_ready(f_both(xj, tj))),
         }
+    for name, backend in (("jax_ffi", "ffi"), ("jax_xla", "xla")):
+        if name in names:
+            out[name] = _softmaxce_jax(x, t, backend)
     if "copy" in names:
         dst = np.empty_like(x)
         copy = (none, lambda _: np.copyto(dst, x))
         out["copy"] = {"forward": copy, "backward": copy, "full": copy}
     return out
+
+
+def _softmaxce_jax(x, t, backend):
+    """softmaxce.jax's provider: the loss alone and jit(value_and_grad) of it."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import softmaxce.jax as scj
+
+    def loss_fn(logits, labels):
+        return scj.softmax_cross_entropy(logits, labels, backend=backend)
+
+    f_loss = jax.jit(loss_fn)
+    f_both = jax.jit(jax.value_and_grad(loss_fn))
+    xj, tj = jnp.asarray(x), jnp.asarray(t.astype(np.int32))
+    return {
+        "forward": (lambda: None, lambda _: f_loss(xj, tj).block_until_ready()),
+        "full": (lambda: None, lambda _: jax.block_until_ready(f_both(xj, tj))),
+    }
+
+
+def jax_ratios(rows, log) -> None:
+    """optax's median over softmaxce.jax's, per size and mode (``--jax``)."""
+    med = {(r["N"], r["C"], r["provider"], r["mode"]): r["median_ms"] for r in rows}
+    for (n, c, prov, mode), ms in med.items():
+        ref = med.get((n, c, "jax", mode))
+        if prov in ("jax_ffi", "jax_xla") and ref:
+            log(f"{n}x{c} {mode}: optax / softmaxce.jax ({prov}) = {ref / ms:.2f}")
 
 
 MEM_TRACEMALLOC = {"numba_inplace", "numba", "numpy", "numpy_plain", "copy"}
@@ -536,7 +586,7 @@ def main(argv=None, prog=None):
         except RuntimeError:
             pass
         versions.append(f"torch {torch.__version__}")
-    if "jax" in args.providers:
+    if {"jax", "jax_ffi", "jax_xla"} & set(args.providers):
         import jax
         import optax
 
@@ -579,6 +629,7 @@ def main(argv=None, prog=None):
     log(f"total {time.perf_counter() - t_start:.0f} s")
     log()
     print_table(rows, header, log)
+    jax_ratios(rows, log)
     with open(out / "fused.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
