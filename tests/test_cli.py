@@ -59,6 +59,41 @@ def test_check_says_why_the_numba_kernel_is_off(monkeypatch):
     assert "fused kernel: numpy core (NUMBA_DISABLE_JIT=1 (simulated))" in text
 
 
+def test_check_says_what_to_install_for_the_missing_fast_paths(monkeypatch):
+    monkeypatch.setattr(_cli, "_installed", lambda name: name not in ("numba", "jax"))
+    monkeypatch.setattr(_dispatch, "numba_kernels", lambda: None)
+    code, text = run("check")
+    assert code == 0, text
+    assert "pip install 'softmaxce[numba]'  # the fused CPU kernel" in text
+    assert "pip install 'softmaxce[jax]'" in text
+    assert "softmaxce[torch]" not in text  # installed: nothing to say
+    # installed but off (NUMBA_DISABLE_JIT=1, a broken numba): the reason, not an install line
+    monkeypatch.setattr(_cli, "_installed", lambda name: True)
+    monkeypatch.setattr(_dispatch, "_unavailable", "NUMBA_DISABLE_JIT=1 (simulated)")
+    assert _cli._suggestions() == [
+        "the numba kernel is installed but off: NUMBA_DISABLE_JIT=1 (simulated)"
+    ]
+
+
+def test_version_option_prints_the_version(capsys, monkeypatch):
+    import importlib.metadata
+
+    import softmaxce
+
+    with pytest.raises(SystemExit) as info:
+        _cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"softmaxce {importlib.metadata.version('softmaxce')}\n"
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)  # run from a source tree
+    with pytest.raises(SystemExit):
+        _cli.main(["--version"])
+    assert capsys.readouterr().out == f"softmaxce {softmaxce.__version__}\n"
+
+
 def test_check_fails_on_a_wrong_gradient(monkeypatch):
     from softmaxce import _api
 
