@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from softmaxce import _bench, _cli, _dispatch
@@ -36,6 +39,30 @@ def test_demo_is_deterministic_for_a_seed(tmp_path):
     b = run("demo", "--epochs", "2", "--seed", "3", "--out", str(tmp_path))[1]
     strip = lambda s: [ln for ln in s.splitlines() if " s)" not in ln]  # noqa: E731
     assert strip(a) == strip(b)
+
+
+def test_readme_demo_transcript_is_what_the_demo_prints(tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    shown = readme.split("```\nsoftmaxce demo: ")[1].split("```")[0].splitlines()[1:]
+    code, text = run("demo", "--out", str(tmp_path))
+    assert code == 0
+    printed = text.splitlines()[1:]
+    assert len(shown) == len(printed), text
+
+    def words_and_numbers(line: str) -> tuple[list[str], list[float]]:
+        line = line.split(" (")[0]  # the seconds, the only figure that varies
+        return re.sub(r"[-\d.e]+\b", "#", line).split(), [
+            float(v) for v in re.findall(r"\d+\.\d+", line)
+        ]
+
+    for want, got in zip(shown, printed, strict=True):
+        if want.startswith(("gradient check", "wrote ")):  # error size, output folder
+            assert want.split(":")[0].split("/")[-1] == got.split(":")[0].split("/")[-1]
+            continue
+        (w_words, w_nums), (g_words, g_nums) = words_and_numbers(want), words_and_numbers(got)
+        assert w_words == g_words, (want, got)
+        # another machine's BLAS may round the last digit differently: one test image is 0.003
+        assert np.allclose(w_nums, g_nums, rtol=0, atol=3e-3), (want, got)
 
 
 def test_non_interactive_output_has_no_bar_or_escape_codes(tmp_path):
