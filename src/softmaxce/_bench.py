@@ -622,10 +622,11 @@ def plot(rows, path, header):
         ax.set_ylabel("median wall time [ms] (log); bars: p20-p80")
         ax.grid(axis="y", which="both", alpha=0.3)
     handles = [Patch(color=colour[p], label=LABELS.get(p, p)) for p in provs]
-    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(provs)), fontsize=8)
+    ncol = min(len(provs), 2 * len(modes))  # two legend columns fit in each panel's width
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8)
     width = 60 * len(modes) + 40  # characters that fit across the figure at this font size
     fig.suptitle(textwrap.fill(header, width), fontsize=8)
-    fig.tight_layout(rect=(0, 0.06 * (1 + (len(provs) - 1) // 4), 1, 1))
+    fig.tight_layout(rect=(0, 0.045 * (1 + (len(provs) - 1) // ncol), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
