@@ -3,8 +3,9 @@ virtual environment (no system site-packages, only numpy and array-api-compat be
 pass ``softmaxce check`` there, from a folder outside the source tree.
 
 About 30-60 s (two installs and two checks); marked ``slow`` (``-m "not slow"`` leaves it
-out). It needs ``build`` and ``hatchling`` (requirements/test.txt) and numpy and
-array-api-compat from pip's cache or package index; without an index it skips, saying so.
+out). It needs ``build`` and ``hatchling`` (requirements/test.txt) and numpy,
+array-api-compat and hatchling from pip's cache or package index; without them it skips,
+saying so.
 """
 
 from __future__ import annotations
@@ -53,11 +54,12 @@ def dist(tmp_path_factory) -> Path:
     return out
 
 
-def fresh_venv(where: Path) -> Path:
-    """A plain virtual environment with numpy and array-api-compat; returns its python."""
+def fresh_venv(where: Path, *more: str) -> Path:
+    """A plain virtual environment with numpy, array-api-compat and ``more``, at this
+    environment's versions; returns its python."""
     sh(sys.executable, "-m", "venv", "--without-pip", where, cwd=where.parent)
     python = where / "bin" / "python"
-    deps = [f"{d}=={importlib.metadata.version(d)}" for d in ("numpy", "array-api-compat")]
+    deps = [f"{d}=={importlib.metadata.version(d)}" for d in ("numpy", "array-api-compat", *more)]
     done = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", *deps],
         capture_output=True,
@@ -70,10 +72,10 @@ def fresh_venv(where: Path) -> Path:
     return python
 
 
-def install_and_check(artifact: Path, venv: Path, *extra: str) -> str:
-    python = fresh_venv(venv)
+def install_and_check(artifact: Path, venv: Path, *more: str) -> str:
+    python = fresh_venv(venv, *more)
     pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps"]
-    sh(*pip, *extra, artifact, cwd=venv)
+    sh(*pip, "--no-build-isolation", artifact, cwd=venv)
     assert sh(python, "-m", "softmaxce", "--version", cwd=venv).stdout.startswith("softmaxce ")
     done = sh(venv / "bin" / "softmaxce", "check", cwd=venv)  # the console script
     assert " 0 failed" in done.stdout
@@ -94,4 +96,6 @@ def test_wheel_installs_in_a_fresh_venv_and_passes_check(dist, tmp_path):
 
 def test_sdist_installs_in_a_fresh_venv_and_passes_check(dist, tmp_path):
     (sdist,) = dist.glob("softmaxce-*.tar.gz")
-    install_and_check(sdist, tmp_path / "venv")  # pip builds the wheel from the sdist alone
+    # pip builds the wheel from the sdist alone; the build backend is installed beside numpy,
+    # so that the build itself downloads nothing
+    install_and_check(sdist, tmp_path / "venv", "hatchling")
