@@ -29,7 +29,9 @@ the big grids; ``SOFTMAXCE_TEST_FULL_GRID=1`` runs everything everywhere.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import inspect
 import os
 import sys
@@ -208,6 +210,41 @@ def impl(request) -> Impl:
     if name in _MAKE and NUMBA_BLOCKED:
         pytest.skip(f"{name} runs the same code without numba: the first pass of make test ran it")
     return _MAKE[name]() if name in _MAKE else _numpy(name)
+
+
+# Memory. JAX compiles each operation it runs eagerly once per shape and dtype and keeps the
+# executables (here about 100 MB per new shape of a fused loss with its gradient), so the
+# suite's many shapes grew the process by GBs. When the resident set has grown by more than
+# JAX_CLEAR_MIB since the last clearing, JAX's caches are cleared and the freed memory is
+# handed back to the system (glibc's malloc_trim); what JAX recompiles afterwards costs time
+# only. (numba's compiled kernels cannot be released: they stay, about 4 MB per variant.)
+JAX_CLEAR_MIB = 500
+_rss_at_clear: list[float] = []
+
+
+def _rss_mib() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return None
+
+
+def pytest_runtest_teardown(item, nextitem):
+    jax = sys.modules.get("jax")
+    rss = _rss_mib()
+    if jax is None or rss is None:
+        return
+    if not _rss_at_clear:
+        _rss_at_clear.append(rss)
+    elif rss - _rss_at_clear[-1] > JAX_CLEAR_MIB:
+        jax.clear_caches()
+        gc.collect()
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+        _rss_at_clear.append(_rss_mib() or rss)
 
 
 def pytest_terminal_summary(terminalreporter):

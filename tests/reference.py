@@ -1,10 +1,11 @@
-"""A plain float64 reference for softmaxce, written from SPEC.md alone.
+"""A plain float64 reference for softmaxce, written from the README's definition
+("The loss") alone.
 
 Everything here loops over rows (or uses elementary NumPy on one row) in float64, so that it
 shares no code and no trick with the library. The fused gradient is written by its closed
 formula, never by finite differences.
 
-Conventions (SPEC.md section 1):
+Conventions (README.md, "The loss"):
     z      = softcap * tanh(x / softcap)                  (or x)
     A_i    = allowed classes of row i (``where``)
     lse_i  = log sum_{c in A_i} exp(z_ic)

@@ -49,8 +49,8 @@ def diff_negative_label(case, inputs):
 
 def diff_posinf(case, inputs):
     # A +inf score: mygrad gives loss +inf and a NaN gradient only at the +inf entry;
-    # softmaxce gives NaN (SPEC section 4: NaN or +inf in the logits give a NaN loss) and a
-    # NaN gradient row. The other rows agree.
+    # softmaxce gives NaN (README, non-finite logits: NaN or +inf in a row give a NaN
+    # loss) and a NaN gradient row. The other rows agree.
     loss, grad = _call(case, inputs, None)
     assert np.isnan(loss) and np.isposinf(case["out"])
     bad = np.isposinf(inputs["x"]).any(axis=1)

@@ -44,15 +44,15 @@ def _call(case, inputs, head, wide=False):
 
 def diff_out_of_range_label(case, inputs):
     # optax does not check labels: -1 wraps to the last class, others give NaN (jax's gather
-    # fill value); softmaxce raises (SPEC section 4).
+    # fill value); softmaxce raises (README: bad input).
     assert case["out"] is not None
     assert_raises_named(ValueError, lambda: _call(case, inputs, None), "labels")
 
 
 def diff_posinf(case, inputs):
     # A +inf logit: optax's integer version gives +inf (logsumexp - x_t; NaN when the +inf is
-    # the label's) and a NaN gradient only at the +inf entry; softmaxce gives NaN (SPEC
-    # section 4) and a NaN gradient row.
+    # the label's) and a NaN gradient only at the +inf entry; softmaxce gives NaN (README,
+    # non-finite logits) and a NaN gradient row.
     loss, grad = _call(case, inputs, None)
     bad = np.isposinf(inputs["logits"]).any(axis=-1)
     assert np.isnan(loss[bad]).all() and not np.isfinite(case["out"][bad]).any()

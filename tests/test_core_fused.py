@@ -1,6 +1,6 @@
 """The fused loss and its gradient against the float64 reference, over a grid of options.
 
-Every option of SPEC section 1 (axis incl. a middle axis of 3-D/4-D inputs, weight,
+Every option of the README's "The loss" (axis incl. a middle axis of 3-D/4-D inputs, weight,
 ignore_index, every reduction, label_smoothing, z_loss, softcap, where, soft targets with both
 soft_target_loss, dloss None / scalar / per position) in float16, float32 and float64.
 """
@@ -499,7 +499,7 @@ def test_zero_weight_sum_gives_zero_not_nan(impl):
 
 
 def test_soft_target_gradient_exact_for_unnormalized_rows(impl):
-    """SPEC: the gradient is p * sum(q) - q, not p - q."""
+    """README: the gradient is p * sum(q) - q, not p - q."""
     x = np.array([[0.1, 0.7, -0.3]])
     y = np.array([[0.5, 1.0, 1.5]])
     _, g = impl.softmax_cross_entropy_with_grad(x, y, reduction="sum")

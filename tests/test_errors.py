@@ -1,4 +1,4 @@
-"""SPEC section 4: every bad input raises ValueError or TypeError whose message names the
+"""README (bad input): every bad input raises ValueError or TypeError whose message names the
 argument (and, for labels, the bad value and its position); never a bare IndexError."""
 
 from __future__ import annotations

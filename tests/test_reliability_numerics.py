@@ -29,7 +29,7 @@ def eps_of(dtype) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# mpmath reference: one row at a time, straight from SPEC.md section 1
+# mpmath reference: one row at a time, straight from README.md, "The loss"
 
 
 def mp_row(x, target, *, weight=None, eps=0.0, z_loss=0.0, softcap=None, where=None):
@@ -255,7 +255,7 @@ def test_tiny_class_weights_with_sum_and_none_stay_tiny(impl, reduction, inplace
 def test_zero_weight_mass_with_nan_logits_gives_zero_loss_and_gradient(
     impl, case, dtype, inplace
 ):
-    # SPEC: W == 0 gives loss 0 and gradient 0, never NaN, whatever the logits
+    # README: W == 0 gives loss 0 and gradient 0, never NaN, whatever the logits
     x = np.array([[np.nan, 0.0, 0.0], [0.0, 1.0, np.inf]], dtype=dtype)
     opts = {}
     if case.startswith("zero_weight"):

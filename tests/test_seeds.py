@@ -102,7 +102,7 @@ def test_negative_label_is_not_wrapped_around(impl):
 
 
 def test_soft_target_gradient_not_p_minus_q(impl):
-    """Frameworks that assume sum(q) = 1 return p - q; SPEC requires p * sum(q) - q."""
+    """Frameworks that assume sum(q) = 1 return p - q; softmaxce gives p * sum(q) - q."""
     x = np.array([[0.0, 0.0]])
     y = np.array([[1.0, 1.0]])
     _, g = impl.softmax_cross_entropy_with_grad(x, y, reduction="sum")

@@ -249,7 +249,7 @@ def test_semantics_torch_nan_case_of_issue_10_matches_f_cross_entropy(path, redu
 @pytest.mark.parametrize("layout", ["2d", "4d", "unbatched"])
 def test_default_semantics_match_numpy_core(layout, target_kind, option, reduction):
     x, t, kw = make_case(layout, target_kind, {**OPTIONS, **EXTRA}[option])
-    if option == "negative_weight":  # SPEC §4: only semantics="torch" accepts them
+    if option == "negative_weight":  # README (bad input): only semantics="torch" accepts them
         with pytest.raises(ValueError, match=r"weight must be finite and >= 0, got weight\[0\]"):
             sct.cross_entropy(x, t, reduction=reduction, **kw)
         return

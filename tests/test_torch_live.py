@@ -1,12 +1,12 @@
 """Live comparison with PyTorch (CPU) wherever the semantics coincide: values and autograd
 gradients of ``F.cross_entropy``, and ``torch.softmax`` / ``log_softmax`` / ``logsumexp``.
 
-Where they differ on purpose (SPEC section 1):
+Where they differ on purpose (README, "The loss"):
 - soft targets with class weights under reduction="mean": PyTorch divides by the batch size,
   softmaxce by W = sum_i sum_c w_c y_ic (pytorch#107680), tested as a difference below;
 - an all-ignored batch under "mean": PyTorch gives NaN, softmaxce 0 (pytorch#70348).
 Index targets with weights and label smoothing coincide: PyTorch's smoothing term is
-sum_c w_c (-log p_c) / C normalised by sum_i w[t_i], exactly SPEC's L_i and W.
+sum_c w_c (-log p_c) / C normalised by sum_i w[t_i], exactly the README's L_i and W.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def test_cross_entropy_on_probabilities_vs_torch_nll(weighted, reduction):
 
 
 def test_z_loss_and_softcap_vs_torch_composition():
-    """No torch flag for these: compose them in torch from their SPEC definitions."""
+    """No torch flag for these: compose them in torch from their README definitions."""
     rng = np.random.default_rng(12)
     x = rng.normal(size=(6, 5)) * 4
     t = rng.integers(0, 5, size=6)

@@ -1,13 +1,14 @@
 """Fused softmax cross-entropy on the CPU: softmaxce against NumPy, PyTorch and JAX.
 
     softmaxce bench [--quick] [--sizes 64x10,4096x32000] [--providers ...]
-                    [--modes forward,backward,full] [--threads 2] [--repeats N] [--out DIR]
+                    [--modes forward,backward,full] [--threads N] [--repeats N] [--out DIR]
 
 (``python benchmarks/bench_fused.py`` runs the same, writing into benchmarks/results/.) This
 module is the benchmark harness; it lives in the package only so that the ``softmaxce bench``
 command can run it. Nothing in the library imports it, and the test suite times nothing.
 
-Providers (float32 logits (N, C), int64 labels, mean reduction):
+Providers (float32 logits (N, C), int64 labels, mean reduction; the table, plot and
+``fused.md`` name them as the README does, ``LABELS``):
 
 * ``numba_inplace``  softmaxce.softmax_cross_entropy_with_grad(..., inplace=True,
                      backend="numba"): the gradient overwrites the logits
@@ -24,8 +25,8 @@ Providers (float32 logits (N, C), int64 labels, mean reduction):
 * ``copy``           the memory floor: np.copyto(preallocated, logits), one read + one write
 
 Modes: ``forward`` (loss only), ``backward`` (the gradient, given what forward saved; only for
-providers where it is a separate step: numpy_plain, torch, torch_compile), ``full`` (loss and
-gradient). ``copy`` is listed under every mode.
+providers where it is a separate step: numpy_plain, torch, torch_compile; for the others one
+line says so), ``full`` (loss and gradient). ``copy`` is listed under every mode.
 
 Timing: every provider is warmed up (compiles excluded), then ``repeats`` rounds run every
 (provider, mode) once per round, interleaved in a new random order each round, so that load
@@ -34,15 +35,22 @@ preceded by a 50 ms pause, so that thread pools that spin after their work (Open
 not bill the next provider. Reported: median and the 20th/80th percentiles of the wall time,
 and the ratios of the medians against ``torch`` (same mode) and against ``copy``.
 
+Noise: the memory copy does the same work every round, so the spread of its times (p80 / p20,
+per size; the copy is timed even when not asked for) measures what other processes do to the
+figures. Above 1.5 the command warns that the figures are not trustworthy; it also warns when
+``--threads`` exceeds the CPUs free at the start (the usable CPUs less the 1-minute load
+average), where multi-threaded providers can run hundreds of times too slow.
+
 Threads: numba, PyTorch (intra- and inter-op) and the OpenMP/BLAS pools are set to
-``--threads``; XLA's CPU pool is sized from the CPUs the process may use, so when
-``--threads`` is below the CPU count the process is pinned to that many CPUs
-(os.sched_setaffinity). The allocator is left at its defaults, so that out-of-place providers
-pay what they pay in real use. Before measuring, ``--prefault-gb`` (default 6) GB are
-allocated, touched and freed once: in a virtual machine the first touch of a guest page can
-cost a host-side fault (measured here: a fresh 500 MB buffer took 830 ms to fill the first
-time, 85 ms afterwards), which would otherwise land at random on whichever provider allocates
-first.
+``--threads`` (default: the CPUs free at the start, printed in the header); XLA's CPU pool is
+sized from the CPUs the process may use, so when ``--threads`` is below the CPU count the
+process is pinned to that many CPUs (os.sched_setaffinity). The allocator is left at its
+defaults, so that out-of-place providers pay what they pay in real use. Before measuring,
+``--prefault-gb`` GB are allocated, touched and freed once (default: 8 times the largest
+size's logits, what the providers may hold at once, at most half the available memory; none
+below 64 MB): in a virtual machine the first touch of a guest page can cost a host-side fault
+(measured here: a fresh 500 MB buffer took 830 ms to fill the first time, 85 ms afterwards),
+which would otherwise land at random on whichever provider allocates first.
 
 Peak extra memory, beyond the inputs, of one (untimed) call:
 * NumPy/numba providers: tracemalloc's peak (NumPy reports its array buffers to tracemalloc;
@@ -52,15 +60,18 @@ Peak extra memory, beyond the inputs, of one (untimed) call:
   buffers above 32 MiB afresh on each allocation, so the large sizes are measured exactly;
   smaller buffers may reuse freed heap pages and read low.
 
-``--jax`` is the JAX comparison of issue 15: sizes 4096x32000, providers jax_ffi, jax_xla,
+``--jax`` is the JAX comparison: sizes 4096x32000, providers jax_ffi, jax_xla,
 jax (optax) and copy, mode full (unless given), and the ratios optax / softmaxce.jax printed
 after the table.
 
-Writes ``fused.csv`` and ``fused.png`` into ``--out`` (default benchmarks/results/) and prints
-a table. The default full run takes about 5 to 8 minutes on 2 cores; ``--quick`` (sizes up to
-1024 x 8000, fewer rounds, no prefault) about a minute. Providers that cannot run here are
-skipped with one line saying why: torch or jax not installed, the numba kernels unavailable
-(numba not installed, ``NUMBA_DISABLE_JIT=1``).
+Writes ``fused.csv``, ``fused.md`` (the README's speed table), ``fused.txt`` (the printed
+output) and ``fused.png`` into ``--out`` (default ./softmaxce-bench; the full path is printed)
+and prints a table. The default full run takes about 5 to 8 minutes on 2 cores; ``--quick``
+(sizes up to 1024 x 8000, fewer rounds) about a minute. What cannot run is skipped with one
+line saying why, never a traceback: torch, jax or optax not installed, the numba kernels
+unavailable (numba not installed, ``NUMBA_DISABLE_JIT=1``), a mode a provider does not have,
+a case that fails (its exception in one line). The process's CPU affinity and thread variables
+are restored when ``main`` returns.
 """
 
 from __future__ import annotations
@@ -90,6 +101,26 @@ ALL_PROVIDERS = [
 ]
 JAX_PRESET = {"sizes": "4096x32000", "providers": "jax_ffi,jax_xla,jax,copy", "modes": "full"}
 ALL_MODES = ["forward", "backward", "full"]
+# the names the README's speed table uses (and the plot's legend)
+LABELS = {
+    "numba_inplace": "softmaxce numba, in place",
+    "numba": "softmaxce numba, out of place",
+    "numpy": "softmaxce NumPy core",
+    "numpy_plain": "NumPy as tutorials write it",
+    "torch": "PyTorch eager F.cross_entropy",
+    "torch_compile": "torch.compile",
+    "jax": "JAX jit(value_and_grad(optax))",
+    "jax_ffi": "softmaxce.jax, FFI kernel",
+    "jax_xla": "softmaxce.jax, core under XLA",
+    "copy": "memory copy of the logits",
+}
+# why a provider lacks a mode (make_providers offers no such case)
+NOT_OFFERED = {
+    "backward": "no separate backward step (one call gives the loss and the gradient: see full)",
+}
+NOISE_PROBE = "noise probe"  # the copy floor, timed for the noise figure when not asked for
+NOISY = 1.5  # a copy floor spread (p80 / p20) above this makes the figures untrustworthy
+DEFAULT_OUT = "softmaxce-bench"
 DEFAULT_SIZES = [(64, 10), (512, 1000), (4096, 32000), (512, 256000)]
 QUICK_SIZES = [(64, 10), (512, 1000), (1024, 8000)]
 
@@ -97,7 +128,7 @@ QUICK_SIZES = [(64, 10), (512, 1000), (1024, 8000)]
 EXAMPLES = """examples:
   softmaxce bench --quick
   softmaxce bench --sizes 4096x32000 --providers numba_inplace,numba,torch,copy --modes full
-  softmaxce bench --out results/ --no-plot"""
+  softmaxce bench --out results/ --no-plot --threads 1"""
 
 
 def _available(name: str) -> bool:
@@ -121,9 +152,18 @@ def parse_args(argv=None, prog=None):
         help="comma-separated subset of " + ",".join(ALL_MODES) + "; or linear alone: fused "
         "linear + cross-entropy (its own options: softmaxce bench --modes linear --help)",
     )
-    p.add_argument("--threads", type=int, default=2, help="threads for every provider (2)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="threads for every provider (default: the CPUs that are free now: usable CPUs "
+        "minus the load average)",
+    )
     p.add_argument("--repeats", type=int, help="rounds per size (default: by size)")
-    p.add_argument("--out", default="benchmarks/results", help="folder for CSV, table, plot")
+    p.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help=f"folder for CSV, table, plot (created; default ./{DEFAULT_OUT})",
+    )
     p.add_argument("--no-plot", action="store_true", help="write no PNG")
     p.add_argument(
         "--jax", action="store_true", help="softmaxce.jax (FFI kernel, core) against optax"
@@ -132,7 +172,8 @@ def parse_args(argv=None, prog=None):
         "--prefault-gb",
         type=float,
         default=None,
-        help="touch this much fresh memory once before measuring (default 6, 0 with --quick)",
+        help="touch this much fresh memory once before measuring (default: 8 times the "
+        "largest logits, at most half the available memory)",
     )
     args = p.parse_args(argv)
     if args.jax:
@@ -150,12 +191,14 @@ def parse_args(argv=None, prog=None):
             p.error(f"--sizes: expected positive NxC pairs, got {args.sizes!r}")
     else:
         args.sizes = QUICK_SIZES if args.quick else DEFAULT_SIZES
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         p.error(f"--threads: expected a positive integer, got {args.threads}")
     if args.repeats is not None and args.repeats < 1:
         p.error(f"--repeats: expected a positive integer, got {args.repeats}")
     if args.prefault_gb is None:
-        args.prefault_gb = 0.0 if args.quick else 6.0
+        args.prefault_gb = default_prefault_gb(args.sizes)
+    elif args.prefault_gb < 0:
+        p.error(f"--prefault-gb: expected a number >= 0, got {args.prefault_gb}")
     args.providers = args.providers.split(",") if args.providers else list(ALL_PROVIDERS)
     args.modes = args.modes.split(",") if args.modes else list(ALL_MODES)
     for name in args.providers:
@@ -164,17 +207,45 @@ def parse_args(argv=None, prog=None):
     for name in args.modes:
         if name not in ALL_MODES:
             p.error(f"--modes: unknown mode {name!r}; choose from {ALL_MODES}")
-    needs = {"torch": "torch", "torch_compile": "torch", "jax": "jax", "jax_ffi": "jax"}
-    needs["jax_xla"] = "jax"
+    needs = {"torch": ["torch"], "torch_compile": ["torch"], "jax": ["jax", "optax"]}
+    needs.update(jax_ffi=["jax"], jax_xla=["jax"])
     # provider -> why it cannot run; numba's providers are checked in main(), after the
     # thread settings (numba reads NUMBA_NUM_THREADS when it is imported)
-    args.skipped = {
-        n: f"{needs[n]} is not installed"
-        for n in args.providers
-        if n in needs and not _available(needs[n])
-    }
+    args.skipped = {}
+    for n in args.providers:
+        missing = [m for m in needs.get(n, []) if not _available(m)]
+        if missing:
+            args.skipped[n] = f"{' and '.join(missing)} not installed"
     args.providers = [n for n in args.providers if n not in args.skipped]
     return args
+
+
+def default_prefault_gb(sizes) -> float:
+    """GB of fresh memory to touch once before measuring: what the providers of the largest
+    size may hold at once (the logits, three copies of them for the in-place, copy and JAX
+    buffers, and up to three more inside a call: PyTorch's loss and gradient), at most half
+    of the memory available now."""
+    need = 8 * 4 * max(n * c for n, c in sizes) / 2**30  # float32 logits
+    if need < 1 / 16:
+        return 0.0  # small buffers come from pages the process already has
+    avail = _meminfo_kib("MemAvailable")
+    return need if avail is None else min(need, avail / 2**20 / 2)
+
+
+def usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def free_cpus() -> tuple[int, float | None]:
+    """(CPUs free now, the 1-minute load average): the usable CPUs less the load (at least 1)."""
+    usable = usable_cpus()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return usable, None
+    return max(1, min(usable, (os.cpu_count() or usable) - int(load))), load
 
 
 def skip_numba_if_unavailable(args) -> str | None:
@@ -196,11 +267,14 @@ def skip_numba_if_unavailable(args) -> str | None:
     return numba.__version__
 
 
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
 def set_threads(n: int) -> None:
     """Pin the process to n CPUs and size every pool to n (before torch/jax are imported)."""
     if hasattr(os, "sched_setaffinity") and n < len(os.sched_getaffinity(0)):
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for var in THREAD_VARS:
         os.environ[var] = str(n)
 
 
@@ -221,9 +295,13 @@ def repeats_for(n: int, c: int, quick: bool) -> int:
 # memory
 
 
-def _status_kib(field: str) -> int | None:
+def _meminfo_kib(field: str) -> int | None:
+    return _status_kib(field, "/proc/meminfo")
+
+
+def _status_kib(field: str, path: str = "/proc/self/status") -> int | None:
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
@@ -424,6 +502,12 @@ def percentile(values, q):
     return float(np.percentile(np.asarray(values), q))
 
 
+def spread(values) -> float:
+    """The machine's noise in one figure: p80 / p20 of repeated timings of the same work (1.0:
+    none). Taken on the copy floor, whose work never changes."""
+    return percentile(values, 80) / max(percentile(values, 20), 1e-12)
+
+
 def bench_size(n, c, args, log):
     import numpy as np
 
@@ -434,11 +518,21 @@ def bench_size(n, c, args, log):
     cases = [
         (p, m, provs[p][m]) for p in args.providers for m in args.modes if m in provs.get(p, {})
     ]
-    # warm up (compiles: numba, torch.compile, jax.jit)
-    for p, m, (setup, timed) in cases:
+    if not any(p == "copy" for p, _, _ in cases):  # the noise probe, timed but not reported
+        dst = np.empty_like(x)
+        cases.append(("copy", NOISE_PROBE, (lambda: None, lambda _: np.copyto(dst, x))))
+    # warm up (compiles: numba, torch.compile, jax.jit); a case that fails is skipped
+    for case in list(cases):
+        p, m, (setup, timed) = case
         t0 = time.perf_counter()
-        for _ in range(2):
-            timed(setup())
+        try:
+            for _ in range(2):
+                timed(setup())
+        except Exception as exc:
+            cases.remove(case)
+            why = (str(exc).strip().splitlines() or [""])[0][:200]
+            log(f"  skipped {p} {m} at {n} x {c}: it failed: {type(exc).__name__}: {why}")
+            continue
         dt = time.perf_counter() - t0
         if dt > 5:
             log(f"  warm-up {p}/{m}: {dt:.1f} s")
@@ -457,6 +551,8 @@ def bench_size(n, c, args, log):
             timed(arg)
             times[(p, m)].append(time.perf_counter() - t0)
             del arg
+    noise = spread([v for (p, _), ts in times.items() if p == "copy" for v in ts])
+    cases = [case for case in cases if case[1] != NOISE_PROBE]
     mem = {}
     for p, m, (setup, timed) in cases:
         arg = setup()
@@ -487,6 +583,7 @@ def bench_size(n, c, args, log):
                 "peak_extra_MB": None if peak is None else peak / 2**20,
                 "peak_extra_pct_of_logits": None if peak is None else 100.0 * peak / x.nbytes,
                 "memory_method": how,
+                "noise_copy_p80_over_p20": noise,
             }
         )
     return rows
@@ -513,47 +610,101 @@ def print_table(rows, header, log):
         )
 
 
+def _num(v: float) -> str:
+    """Three significant digits, never in exponent form (1316, 53.6, 0.128, 0.00225)."""
+    return f"{v:.0f}" if v >= 100 else f"{v:.3g}" if v >= 0.001 else f"{v:.2e}" if v else "0"
+
+
+def markdown_table(rows, header) -> str:
+    """The README's speed table: one row per (size, mode, provider), the README's names."""
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    noise = dict.fromkeys(f"{r['noise_copy_p80_over_p20']:.2f}" for r in rows)
+    lines = [
+        f"{header}; noise (copy floor p80/p20 per size): {', '.join(noise)}",
+        "",
+        "| N x C |" + (" mode |" if len(modes) > 1 else "")
+        + " provider | median ms | PyTorch eager / this | this / copy floor | extra memory |",
+        "|---|" + ("---|" if len(modes) > 1 else "") + "---|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for r in rows:
+        mem = r["peak_extra_MB"]
+        extra = "" if mem is None else f"{_num(mem)} MB ({_num(r['peak_extra_pct_of_logits'])}%)"
+        lines.append(
+            f"| {r['N']} x {r['C']} |" + (f" {r['mode']} |" if len(modes) > 1 else "")
+            + f" {LABELS.get(r['provider'], r['provider'])} | {_num(r['median_ms'])} |"
+            f" {fmt(r['torch_over_this'], '.2f')} | {fmt(r['this_over_copy'], '.2f')} |"
+            f" {extra} |"
+        )  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows, path, header):
     import matplotlib
 
     matplotlib.use("Agg")
+    import textwrap
+
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Patch
 
     sizes = sorted({(r["N"], r["C"]) for r in rows}, key=lambda s: s[0] * s[1])
     modes = [m for m in ALL_MODES if any(r["mode"] == m for r in rows)]
+    modes += [m for m in dict.fromkeys(r["mode"] for r in rows) if m not in modes]
     provs = [p for p in ALL_PROVIDERS if any(r["provider"] == p for r in rows)]
-    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.8), squeeze=False)
-    width = 0.8 / max(1, len(provs))
+    colour = {p: f"C{k}" for k, p in enumerate(provs)}  # one colour per provider in every panel
+    by_key = {(r["N"], r["C"], r["provider"], r["mode"]): r for r in rows}
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 5.4), squeeze=False)
     for ax, mode in zip(axes[0], modes, strict=True):
-        for k, p in enumerate(provs):
-            vals, errs = [], []
-            for s in sizes:
-                r = next(
-                    (r for r in rows if (r["N"], r["C"]) == s and r["provider"] == p
-                     and r["mode"] == mode),
-                    None,
-                )  # fmt: skip
-                vals.append(np.nan if r is None else r["median_ms"])
-                errs.append(
-                    (0, 0) if r is None else (r["median_ms"] - r["p20_ms"],
-                                              r["p80_ms"] - r["median_ms"])
-                )  # fmt: skip
-            xs = np.arange(len(sizes)) + (k - (len(provs) - 1) / 2) * width
-            ax.bar(xs, vals, width, yerr=np.array(errs).T, label=p, capsize=2)
+        here = [p for p in provs if any(r["provider"] == p and r["mode"] == mode for r in rows)]
+        width = 0.8 / max(1, len(here))
+        for k, p in enumerate(here):
+            got = [by_key.get((n, c, p, mode)) for n, c in sizes]
+            vals = [np.nan if r is None else r["median_ms"] for r in got]
+            errs = [
+                (0, 0)
+                if r is None
+                else (r["median_ms"] - r["p20_ms"], r["p80_ms"] - r["median_ms"])
+                for r in got
+            ]
+            xs = np.arange(len(sizes)) + (k - (len(here) - 1) / 2) * width
+            ax.bar(xs, vals, width, yerr=np.array(errs).T, color=colour[p], capsize=2)
         ax.set_yscale("log")
         ax.set_xticks(np.arange(len(sizes)), [f"{n}x{c}" for n, c in sizes])
-        ax.set_title(f"{mode}")
-        ax.set_ylabel("median wall time [ms] (log)")
+        absent = [LABELS.get(p, p) for p in provs if p not in here]
+        why = NOT_OFFERED.get(mode, "not offered").split(" (")[0]
+        note = f"\nnot shown ({why}): {', '.join(absent)}" if absent else ""
+        ax.set_title(textwrap.fill(f"{mode}{note}", 70), fontsize=9)
+        ax.set_ylabel("median wall time [ms] (log); bars: p20-p80")
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    import textwrap
-
+    handles = [Patch(color=colour[p], label=LABELS.get(p, p)) for p in provs]
+    ncol = min(len(provs), 2 * len(modes))  # two legend columns fit in each panel's width
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8)
     width = 60 * len(modes) + 40  # characters that fit across the figure at this font size
     fig.suptitle(textwrap.fill(header, width), fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.045 * (1 + (len(provs) - 1) // ncol), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def offered_modes(providers) -> dict[str, set[str]]:
+    """provider -> the modes make_providers offers for it (built on a 2 x 3 problem: the
+    compilers (torch.compile, jax.jit) are lazy, so nothing is compiled here)."""
+    import numpy as np
+
+    provs = make_providers(providers, np.zeros((2, 3), np.float32), np.zeros(2, np.int64))
+    return {p: set(provs.get(p, {})) for p in providers}
+
+
+def skip_modes_not_offered(args, log) -> None:
+    """Drop the modes no provider offers; say once which (provider, mode) pairs cannot run."""
+    offered = offered_modes(args.providers)
+    for mode in args.modes:
+        lacking = [p for p in args.providers if mode not in offered[p]]
+        if lacking:
+            why = NOT_OFFERED.get(mode, "not offered by these providers")
+            log(f"skipped {mode} for {', '.join(lacking)}: {why}")
+    args.modes = [m for m in args.modes if any(m in o for o in offered.values())]
 
 
 def _linear_mode(argv) -> bool:
@@ -564,14 +715,49 @@ def _linear_mode(argv) -> bool:
 
 
 def main(argv=None, prog=None):
+    """The command; the process's CPU affinity and thread variables are restored afterwards,
+    so that it can run inside another program (the tests)."""
     if _linear_mode(argv):
         from . import _bench_linear
 
         return _bench_linear.main(argv, prog)
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_setaffinity") else None
+    env = {var: os.environ.get(var) for var in THREAD_VARS}
+    try:
+        return _main(argv, prog)
+    finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
+        for var, value in env.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+
+
+def _main(argv=None, prog=None):
     args = parse_args(argv, prog)
+    free, load = free_cpus()
+    threads_note = "--threads" if args.threads else f"free now: {usable_cpus()} usable CPUs"
+    if args.threads is None:
+        args.threads = free
+        if load is not None:
+            threads_note += f", load average {load:.1f}"
     set_threads(args.threads)
 
     import numpy as np
+
+    out = Path(args.out).resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"{prog or 'bench'}: error: --out: cannot create {out}: {exc}", file=sys.stderr)
+        return 2
+    lines = []
+
+    def log(s=""):
+        print(s, flush=True)
+        lines.append(s)
 
     versions = [f"numpy {np.__version__}"]
     numba_version = skip_numba_if_unavailable(args)
@@ -594,48 +780,77 @@ def main(argv=None, prog=None):
     import softmaxce
 
     versions.append(f"softmaxce {softmaxce.__version__}")
+    header = (
+        f"float32, mean reduction; threads: {args.threads} ({threads_note}) for numba, torch "
+        f"(intra+inter-op), XLA (CPU pool = usable CPUs); "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        + ", ".join(versions)
+    )
+    log(header)
+    log(f"output folder: {out}")
+    for why in dict.fromkeys(args.skipped.values()):
+        names = ", ".join(n for n, w in args.skipped.items() if w == why)
+        log(f"skipped {names}: {why}")
+    if args.providers:
+        skip_modes_not_offered(args, log)
+    if not args.providers or not args.modes:
+        log("nothing to run: every provider or mode asked for was skipped")
+        return 1
+    if args.threads > free:
+        log(
+            f"warning: {args.threads} threads but only {free} CPU(s) free"
+            + ("" if load is None else f" (load average {load:.1f})")
+            + ": the threads compete with other processes; figures will be noisy, the "
+            "multi-threaded ones most"
+        )
     if args.prefault_gb > 0:
+        log(f"prefault: touching {args.prefault_gb:.2f} GB of fresh memory once")
         chunk = np.empty(int(args.prefault_gb * 2**30) // 8, dtype=np.float64)
         chunk.fill(1.0)  # touch every page once
         del chunk
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    lines = []
-
-    def log(s=""):
-        print(s, flush=True)
-        lines.append(s)
-
-    header = (
-        f"float32, mean reduction; threads: {args.threads} for numba, torch (intra+inter-op), "
-        f"XLA (CPU pool = usable CPUs); {platform.processor() or platform.machine()}"
-        f", {os.cpu_count()} CPUs; " + ", ".join(versions)
-    )
-    log(header)
-    for why in dict.fromkeys(args.skipped.values()):
-        names = ", ".join(n for n, w in args.skipped.items() if w == why)
-        log(f"skipped {names}: {why}")
-    if not args.providers:
-        log("nothing to run: every provider asked for was skipped")
-        return 1
     rows = []
     t_start = time.perf_counter()
     for k, (n, c) in enumerate(args.sizes, 1):
         log(f"[{k}/{len(args.sizes)}] size {n} x {c} ...")
         t_size = time.perf_counter()
-        rows.extend(bench_size(n, c, args, log))
-        log(f"[{k}/{len(args.sizes)}] size {n} x {c} done in {time.perf_counter() - t_size:.1f} s")
+        size_rows = bench_size(n, c, args, log)
+        rows.extend(size_rows)
+        noise = size_rows[0]["noise_copy_p80_over_p20"] if size_rows else None
+        log(
+            f"[{k}/{len(args.sizes)}] size {n} x {c} done in {time.perf_counter() - t_size:.1f} s"
+            + ("" if noise is None else f"; noise: copy floor p80/p20 = {noise:.2f}")
+        )
     log(f"total {time.perf_counter() - t_start:.0f} s")
+    if not rows:
+        log("nothing was measured: every case failed (see above)")
+        return 1
     log()
     print_table(rows, header, log)
     jax_ratios(rows, log)
-    with open(out / "fused.csv", "w", newline="") as f:
+    noisy = sorted({(r["N"], r["C"], r["noise_copy_p80_over_p20"]) for r in rows
+                    if r["noise_copy_p80_over_p20"] > NOISY})  # fmt: skip
+    if noisy:
+        log(
+            "warning: the figures are not trustworthy: the memory copy, whose work never "
+            "changes, varied across rounds by "
+            + ", ".join(f"{s:.2f}x at {n} x {c}" for n, c, s in noisy)
+            + f" (p80/p20 above {NOISY}): other processes load this machine. Rerun when it is "
+            "idle, or compare only figures from one run."
+        )
+    files = [out / "fused.csv", out / "fused.md", out / "fused.txt"]
+    with open(files[0], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "fused.txt").write_text("\n".join(lines) + "\n")
+    files[1].write_text(markdown_table(rows, header))
     if not args.no_plot:
-        plot(rows, out / "fused.png", header)
-    log(f"wrote {out / 'fused.csv'}, {out / 'fused.txt'}" + ("" if args.no_plot else ", fused.png"))
+        try:
+            plot(rows, out / "fused.png", header)
+        except ImportError:
+            log("matplotlib is not installed: no plot written (pip install matplotlib)")
+        else:
+            files.append(out / "fused.png")
+    log("wrote " + ", ".join(str(f) for f in files))
+    (out / "fused.txt").write_text("\n".join(lines) + "\n")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -283,12 +284,43 @@ def _checks(rng: np.random.Generator) -> list[tuple[str, Callable[[], tuple[bool
     return checks
 
 
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+# extra -> (the module it brings, what it gives)
+EXTRAS = {
+    "numba": ("numba", "the fused CPU kernel, for NumPy arrays and torch CPU tensors"),
+    "torch": ("torch", "softmaxce.torch, the PyTorch front end"),
+    "jax": ("jax", "the functions on JAX arrays"),
+}
+
+
+def _suggestions() -> list[str]:
+    """What to install (or change) for the fast paths and front ends this environment lacks."""
+    lines = []
+    for extra, (module, gives) in EXTRAS.items():
+        if not _installed(module):
+            command = f"pip install 'softmaxce[{extra}]'"
+            lines.append(f"{command:<32}# {gives}")
+    if _installed("numba") and _dispatch.numba_kernels() is None:
+        lines.append(f"the numba kernel is installed but off: {_dispatch.unavailable()}")
+    if not _installed("matplotlib"):
+        lines.append(f"{'pip install matplotlib':<32}# the plots of demo and bench")
+    return lines
+
+
 def cmd_check(args: argparse.Namespace, term: Terminal) -> int:
-    term.line(term.paint("softmaxce check", "1") + ": what this environment has")
+    term.line(term.paint("softmaxce check", "1") + f": what this environment has ({_version()})")
     for name, version in _versions():
         term.line(f"  {name:<8} {version}")
     kernel = "numba" if _dispatch.numba_kernels() else f"numpy core ({_dispatch.unavailable()})"
     term.line(f"  fused kernel: {kernel}")
+    suggestions = _suggestions()
+    if suggestions:
+        term.line("  to get what is missing:")
+        for line in suggestions:
+            term.line(f"    {line}")
     term.line("")
     failures = 0
     rng = np.random.default_rng(args.seed)
@@ -314,6 +346,15 @@ def cmd_check(args: argparse.Namespace, term: Terminal) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _version() -> str:
+    """``softmaxce X.Y.Z``: the installed distribution's version, else the package's."""
+    try:
+        version = importlib.metadata.version("softmaxce")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        from . import __version__ as version
+    return f"softmaxce {version}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="softmaxce",
@@ -321,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  softmaxce demo\n  softmaxce check\n  softmaxce bench --quick",
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,bench,check}")
 
     demo = sub.add_parser(

@@ -48,7 +48,7 @@ def numba_kernels() -> ModuleType | None:
     try:
         from . import _numba
     except ModuleNotFoundError as exc:
-        _unavailable = f"{exc} (pip install numba)"
+        _unavailable = f"{exc} (pip install 'softmaxce[numba]')"
     except ImportError as exc:
         _unavailable = str(exc)
     except Exception as exc:  # numba installed but failing: fall back, once, loudly
@@ -71,7 +71,7 @@ def loaded() -> ModuleType | None:
 
 def unavailable() -> str:
     """Why ``backend="numba"`` cannot run here (call after :func:`numba_kernels` gave None)."""
-    return _unavailable or "numba is not installed (pip install numba)"
+    return _unavailable or "numba is not installed (pip install 'softmaxce[numba]')"
 
 
 def select(

@@ -44,7 +44,8 @@ def _class_indices(
     row_labels: np.ndarray, ignored: np.ndarray, n_classes: int, label: np.ndarray, also: str
 ) -> np.ndarray:
     """MXNet's class index of every row, as int64: the label truncated toward zero, -1 where
-    ``ignored``. Any other label must be in ``[0, C)`` (MXNet does not check; SPEC section 4).
+    ``ignored``. Any other label must be in ``[0, C)`` (MXNet does not check; softmaxce
+    raises, the README's error rule).
     ``row_labels`` is a prefix of ``label.reshape(-1)``, so positions are reported in ``label``.
     """
     tr = np.trunc(row_labels) if row_labels.dtype.kind == "f" else row_labels

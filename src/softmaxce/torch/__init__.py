@@ -79,10 +79,11 @@ def cross_entropy(
     ``semantics`` names a row of ``softmaxce._semantics.TABLE`` (the same row as
     ``softmaxce.compat.pytorch`` for ``"torch"``):
 
-    * ``"softmaxce"`` (default, SPEC §1): ``"mean"`` divides by ``W = sum_i v_i sum_c w_c
-      y_ic``, so index targets and their one-hot float targets agree, also with class weights;
-      ``W == 0`` (everything ignored, empty batch) gives loss 0 and gradient 0, never NaN; a
-      term with target mass 0 is 0 even where its logit is ``-inf``; class weights >= 0.
+    * ``"softmaxce"`` (default, the README's "The loss"): ``"mean"`` divides by
+      ``W = sum_i v_i sum_c w_c y_ic``, so index targets and their one-hot float targets
+      agree, also with class weights; ``W == 0`` (everything ignored, empty batch) gives loss
+      0 and gradient 0, never NaN; a term with target mass 0 is 0 even where its logit is
+      ``-inf``; class weights >= 0.
     * ``"torch"``: exactly ``F.cross_entropy``: index targets divide by ``sum_i v_i w[t_i]``,
       probability targets by the number of positions, ``W == 0`` gives NaN, ``0 * -inf`` is
       NaN, a position with a NaN or ``+inf`` logit gets a NaN gradient, and negative class

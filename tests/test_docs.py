@@ -1,0 +1,46 @@
+"""The project's documentation stands alone: no document, docstring or comment refers to a file
+outside the repository, and every relative link of a Markdown file reaches a file in it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# a contract kept outside the repository, by its name or by its section sign
+OUTSIDE = re.compile(r"SPEC\.md|STYLE\.md|\.\./shared|SPEC §|SPEC section|§\s*\d")
+
+
+def tracked(*patterns: str) -> list[Path]:
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", *patterns], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout (an unpacked sdist): the files are not listed")
+    return [ROOT / p for p in out.split()]
+
+
+def test_no_text_refers_to_a_file_outside_the_repository():
+    hits = [
+        f"{path.relative_to(ROOT)}:{k}: {line.strip()}"
+        for path in tracked("*.md", "*.py", "*.toml", "Makefile", "*.txt")
+        for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if OUTSIDE.search(line) and path.name != "test_docs.py"
+    ]
+    assert not hits, "\n".join(hits)
+
+
+def test_markdown_links_reach_files_of_the_repository():
+    broken = []
+    for page in tracked("*.md"):
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue  # a web address, an anchor in the same page
+            path = (page.parent / target.split("#")[0]).resolve()
+            if not path.exists() or ROOT not in path.parents:
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, "\n".join(broken)
