@@ -735,3 +735,29 @@ def test_no_numpy_floating_point_warning_leaks_through_array_api_strict(impl):
         impl.softmax_cross_entropy_with_grad(x, target, reduction="none")
     impl.log_softmax(x)
     impl.cross_entropy(np.array([[0.0, 1.0]]), np.array([[0.5, 0.5]]))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_core_in_row_blocks_equals_one_block(monkeypatch, case, reduction):
+    """The NumPy core runs large problems a block of rows at a time (``_run.CORE_BLOCK``, the
+    memory beyond the gradient stays small): blocks of 1 and 2 rows give the one-block result
+    for every option (per-row upstream gradients with "none"), in place too."""
+    from softmaxce import _run
+
+    x, target, opts, dloss = make_case(case, "3d_mid", np.float32, reduction, "random")
+
+    def call(inplace):
+        xx = x.copy()
+        return sc.softmax_cross_entropy_with_grad(
+            xx, target, dloss=dloss, backend="numpy", inplace=inplace, **opts
+        )
+
+    one = call(False)
+    tol = 8 * np.finfo(np.float32).eps
+    for logits_per_block in (1, 12):  # blocks of 1 row, then of 2 rows (C = 6)
+        monkeypatch.setattr(_run, "CORE_BLOCK", logits_per_block)
+        for inplace in (False, True):
+            loss, grad = call(inplace)
+            np.testing.assert_allclose(loss, one[0], rtol=tol, atol=tol)
+            np.testing.assert_allclose(grad, one[1], rtol=tol, atol=tol)

@@ -239,13 +239,33 @@ def _numpy_rows(p: Problem, ctx, scale, inplace, backend, grad_dtype):
         )  # fmt: skip
         return loss_rows, out, row_sum
     rs = None if scale is None else np.asarray(scale, dtype=np.float64)  # (a float: FLOATS)
+    n, c = x2.shape
+    step = max(1, CORE_BLOCK // max(c, 1))
+    parts = []
     with np.errstate(**_ERRSTATE):
-        loss_rows, g = rows.fused_rows(
-            p.x2, p.target, p.opts, ctx, weight=p.weight, where=p.where, row_scale=rs
-        )
-        if out is not None:
-            np.copyto(out, g, casting="same_kind")
-    return loss_rows, out, None
+        for r0 in range(0, max(n, 1), step):  # (one block, also for N == 0)
+            r1 = min(n, r0 + step)
+            block_scale = rs if rs is None or rs.ndim == 0 else rs[r0:r1]
+            loss_block, g = rows.fused_rows(
+                x2[r0:r1], target[r0:r1], p.opts, _ctx_rows(ctx, r0, r1), weight=weight,
+                where=None if where is None else where[r0:r1], row_scale=block_scale,
+            )  # fmt: skip
+            parts.append(loss_block)
+            if out is not None:
+                np.copyto(out[r0:r1], g, casting="same_kind")
+    return parts[0] if len(parts) == 1 else np.concatenate(parts), out, None
+
+
+# The core on NumPy runs a block of rows of at most this many logits at a time: its
+# temporaries (a few per logit, in the accumulation dtype) then stay in the caches, and the
+# memory beyond the gradient stays a few MB instead of several times the logits.
+CORE_BLOCK = 1 << 18
+
+
+def _ctx_rows(ctx: rows.RowContext, r0: int, r1: int) -> rows.RowContext:
+    """The rows ``[r0, r1)`` of a row context."""
+    spread = None if ctx.spread is None else ctx.spread[r0:r1]
+    return rows.RowContext(ctx.keep[r0:r1], spread)
 
 
 def _row_sum(loss_rows: np.ndarray) -> float:
