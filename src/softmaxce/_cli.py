@@ -166,28 +166,30 @@ def _versions() -> list[tuple[str, str]]:
     return rows
 
 
-def _checks(rng: np.random.Generator) -> list[tuple[str, Callable[[], tuple[bool, float]]]]:
+Check = Callable[[], tuple[bool, float]]
+
+
+def _fd(f: Callable[[np.ndarray], Any], grad: np.ndarray, at: np.ndarray) -> tuple[bool, float]:
+    """Whether ``grad`` matches the finite differences of ``f`` at ``at``, and the largest
+    difference."""
+    numeric = _api.numerical_gradient(f, at)
+    ok = bool(np.allclose(grad, numeric, rtol=1e-5, atol=1e-7))
+    return ok, float(np.max(np.abs(grad - numeric)))
+
+
+def _checks(rng: np.random.Generator) -> list[tuple[str, Check]]:
     """(name, check) pairs; each check compares a claimed gradient with finite differences."""
     x = rng.normal(size=(3, 5)) * 2.0
     r = rng.normal(size=(3, 5))
     t = np.array([4, 0, 2])
-    soft = rng.random(size=(3, 5))
+    checks = _function_checks(x, r, t)
+    if importlib.util.find_spec("torch") is not None:
+        checks.append(("softmaxce.torch.cross_entropy (autograd)", _torch_check(x, t)))
+    return checks + _fused_checks(rng, x, t)
 
-    def fd(f: Callable[[np.ndarray], Any], grad: np.ndarray, at: np.ndarray) -> tuple[bool, float]:
-        numeric = _api.numerical_gradient(f, at)
-        return bool(np.allclose(grad, numeric, rtol=1e-5, atol=1e-7)), float(
-            np.max(np.abs(grad - numeric))
-        )
 
-    def fused(backend: str, **opts: Any) -> Callable[[], tuple[bool, float]]:
-        target = opts.pop("target", t)
-
-        def run() -> tuple[bool, float]:
-            _, g = _api.softmax_cross_entropy_with_grad(x, target, backend=backend, **opts)
-            f = lambda a: _api.softmax_cross_entropy(a, target, backend="numpy", **opts)  # noqa: E731
-            return fd(f, g, x)
-
-        return run
+def _function_checks(x: np.ndarray, r: np.ndarray, t: np.ndarray) -> list[tuple[str, Check]]:
+    """The softmax family, cross-entropy on probabilities and the ops objects."""
 
     def ops_chain() -> tuple[bool, float]:
         sm, ce = Softmax(), CrossEntropy()
@@ -195,73 +197,68 @@ def _checks(rng: np.random.Generator) -> list[tuple[str, Callable[[], tuple[bool
         g = sm.backward(ce.backward())
         fused_op = SoftmaxCrossEntropy()
         fused_op.forward(x, t)
-        return fd(lambda a: _api.softmax_cross_entropy(a, t), g, x)[0] and bool(
+        return _fd(lambda a: _api.softmax_cross_entropy(a, t), g, x)[0] and bool(
             np.allclose(g, fused_op.backward())
         ), float(np.max(np.abs(g - fused_op.backward())))
 
     def log_softmax_op() -> tuple[bool, float]:
         op = LogSoftmax()
         op.forward(x)
-        return fd(lambda a: float(np.sum(_api.log_softmax(a) * r)), op.backward(r), x)
+        return _fd(lambda a: float(np.sum(_api.log_softmax(a) * r)), op.backward(r), x)
 
-    checks: list[tuple[str, Callable[[], tuple[bool, float]]]] = [
-        (
-            "softmax + softmax_vjp",
-            lambda: fd(
-                lambda a: float(np.sum(_api.softmax(a) * r)),
-                _api.softmax_vjp(_api.softmax(x), r),
-                x,
-            ),
-        ),
+    def dot_r(f: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], float]:
+        return lambda a: float(np.sum(f(a) * r))
+
+    y = _api.softmax(x)
+    jac = _api.softmax_jacobian(y)
+    return [
+        ("softmax + softmax_vjp", lambda: _fd(dot_r(_api.softmax), _api.softmax_vjp(y, r), x)),
         (
             "log_softmax + log_softmax_vjp",
-            lambda: fd(
-                lambda a: float(np.sum(_api.log_softmax(a) * r)),
-                _api.log_softmax_vjp(_api.log_softmax(x), r),
-                x,
-            ),
+            lambda: _fd(dot_r(_api.log_softmax), _api.log_softmax_vjp(_api.log_softmax(x), r), x),
         ),
         (
             "logsumexp (gradient = softmax)",
-            lambda: fd(lambda a: float(np.sum(_api.logsumexp(a))), _api.softmax(x), x),
+            lambda: _fd(lambda a: float(np.sum(_api.logsumexp(a))), y, x),
         ),
         (
             "softmax_jacobian",
-            lambda: fd(
-                lambda a: float(np.sum(_api.softmax(a) * r)),
-                np.einsum("nij,ni->nj", _api.softmax_jacobian(_api.softmax(x)), r),
-                x,
-            ),
+            lambda: _fd(dot_r(_api.softmax), np.einsum("nij,ni->nj", jac, r), x),
         ),
         (
             "cross_entropy + cross_entropy_vjp",
-            lambda: fd(
-                lambda p: _api.cross_entropy(p, t),
-                _api.cross_entropy_vjp(_api.softmax(x), t),
-                _api.softmax(x),
-            ),
+            lambda: _fd(lambda p: _api.cross_entropy(p, t), _api.cross_entropy_vjp(y, t), y),
         ),
         ("ops: LogSoftmax", log_softmax_op),
         ("ops: Softmax + CrossEntropy == SoftmaxCrossEntropy", ops_chain),
     ]
-    if importlib.util.find_spec("torch") is not None:
 
-        def torch_front_end() -> tuple[bool, float]:
-            import torch
 
-            from .torch import cross_entropy as torch_ce
+def _torch_check(x: np.ndarray, t: np.ndarray) -> Check:
+    """softmaxce.torch's autograd gradient against finite differences."""
 
-            tx = torch.tensor(x, requires_grad=True)
-            tt = torch.tensor(t)
-            torch_ce(tx, tt, label_smoothing=0.1, z_loss=1e-3).backward()
-            return fd(
-                lambda a: float(torch_ce(torch.tensor(a), tt, label_smoothing=0.1, z_loss=1e-3)),
-                tx.grad.numpy(),  # type: ignore[union-attr]
-                x,
-            )
+    def run() -> tuple[bool, float]:
+        import torch
 
-        checks.append(("softmaxce.torch.cross_entropy (autograd)", torch_front_end))
-    backends = ["numpy"] + (["numba"] if _dispatch.numba_kernels() is not None else [])
+        from .torch import cross_entropy as torch_ce
+
+        tx = torch.tensor(x, requires_grad=True)
+        tt = torch.tensor(t)
+        torch_ce(tx, tt, label_smoothing=0.1, z_loss=1e-3).backward()
+        return _fd(
+            lambda a: float(torch_ce(torch.tensor(a), tt, label_smoothing=0.1, z_loss=1e-3)),
+            tx.grad.numpy(),  # type: ignore[union-attr]
+            x,
+        )
+
+    return run
+
+
+def _fused_checks(
+    rng: np.random.Generator, x: np.ndarray, t: np.ndarray
+) -> list[tuple[str, Check]]:
+    """The fused loss on every backend here, over a grid of options."""
+    soft = rng.random(size=(3, 5))
     w = rng.random(5) + 0.5
     mask = np.ones((3, 5), dtype=bool)
     mask[:, 1] = False
@@ -278,10 +275,23 @@ def _checks(rng: np.random.Generator) -> list[tuple[str, Callable[[], tuple[bool
             {"target": soft, "soft_target_loss": "kl-divergence", "weight": w},
         ),
     ]
-    for backend in backends:
-        for label, opts in option_grid:
-            checks.append((f"softmax_cross_entropy [{backend}] {label}", fused(backend, **opts)))
-    return checks
+
+    def fused(backend: str, **opts: Any) -> Check:
+        target = opts.pop("target", t)
+
+        def run() -> tuple[bool, float]:
+            _, g = _api.softmax_cross_entropy_with_grad(x, target, backend=backend, **opts)
+            f = lambda a: _api.softmax_cross_entropy(a, target, backend="numpy", **opts)  # noqa: E731
+            return _fd(f, g, x)
+
+        return run
+
+    backends = ["numpy"] + (["numba"] if _dispatch.numba_kernels() is not None else [])
+    return [
+        (f"softmax_cross_entropy [{backend}] {label}", fused(backend, **opts))
+        for backend in backends
+        for label, opts in option_grid
+    ]
 
 
 def _installed(name: str) -> bool:
