@@ -344,121 +344,140 @@ def tracemalloc_peak_extra(fn) -> float:
 # timed() call and returns its argument (or None).
 
 
+def _none():
+    return None
+
+
 def make_providers(names, x, t):
-    import numpy as np
+    """provider -> {mode: (setup, step)} for the chosen provider names, on logits ``x`` and
+    labels ``t`` (``step`` takes what ``setup`` returns)."""
+    out = _softmaxce_providers(names, x, t)
+    if "numpy_plain" in names:
+        out["numpy_plain"] = _plain_numpy(x, t)
+    if "torch" in names or "torch_compile" in names:
+        out.update(_torch_providers(names, x, t))
+    if "jax" in names:
+        out["jax"] = _optax(x, t)
+    for name, backend in (("jax_ffi", "ffi"), ("jax_xla", "xla")):
+        if name in names:
+            out[name] = _softmaxce_jax(x, t, backend)
+    if "copy" in names:
+        import numpy as np
 
-    n = x.shape[0]
+        dst = np.empty_like(x)
+        copy = (_none, lambda _: np.copyto(dst, x))
+        out["copy"] = {"forward": copy, "backward": copy, "full": copy}
+    return out
+
+
+def _softmaxce_providers(names, x, t):
+    """numba in place, numba and the NumPy core: one call gives the loss and the gradient."""
+    import softmaxce
+
     out = {}
-
-    def none():
-        return None
-
-    if any(p.startswith("numba") or p == "numpy" for p in names):
-        import softmaxce
-
     if "numba_inplace" in names:
         # in place: the gradient overwrites the buffer; running again on it is the same work
         # (the kernel's cost does not depend on the values), so the buffer is not refreshed
         buf = x.copy()
         out["numba_inplace"] = {
-            "forward": (
-                none,
-                lambda _: softmaxce.softmax_cross_entropy(buf, t, backend="numba"),
-            ),
+            "forward": (_none, lambda _: softmaxce.softmax_cross_entropy(buf, t, backend="numba")),
             "full": (
-                none,
+                _none,
                 lambda _: softmaxce.softmax_cross_entropy_with_grad(
                     buf, t, inplace=True, backend="numba"
                 ),
             ),
         }
-    if "numba" in names:
-        out["numba"] = {
-            "forward": (none, lambda _: softmaxce.softmax_cross_entropy(x, t, backend="numba")),
-            "full": (
-                none,
-                lambda _: softmaxce.softmax_cross_entropy_with_grad(x, t, backend="numba"),
-            ),
-        }
-    if "numpy" in names:
-        out["numpy"] = {
-            "forward": (none, lambda _: softmaxce.softmax_cross_entropy(x, t, backend="numpy")),
-            "full": (
-                none,
-                lambda _: softmaxce.softmax_cross_entropy_with_grad(x, t, backend="numpy"),
-            ),
-        }
-    if "numpy_plain" in names:
-        rows = np.arange(n)
-
-        def plain_forward(_=None):
-            e = np.exp(x - x.max(axis=1, keepdims=True))
-            p = e / e.sum(axis=1, keepdims=True)
-            return -np.log(p[rows, t]).mean(), p
-
-        def plain_backward(p):
-            g = p.copy()
-            g[rows, t] -= 1.0
-            g /= n
-            return g
-
-        out["numpy_plain"] = {
-            "forward": (none, plain_forward),
-            "backward": (lambda: plain_forward()[1], plain_backward),
-            "full": (none, lambda _: plain_backward(plain_forward()[1])),
-        }
-    if "torch" in names or "torch_compile" in names:
-        import torch
-        import torch.nn.functional as F
-
-        xt = torch.from_numpy(x)
-        tt = torch.from_numpy(t)
-
-        def torch_modes(fn):
-            def fwd(_=None):
-                leaf = xt.detach().requires_grad_(True)
-                return fn(leaf, tt), leaf
-
-            def bwd(saved):
-                loss, leaf = saved
-                loss.backward()
-                return leaf.grad
-
-            return {
-                "forward": (none, fwd),
-                "backward": (fwd, bwd),
-                "full": (none, lambda _: bwd(fwd())),
-            }
-
-        if "torch" in names:
-            out["torch"] = torch_modes(F.cross_entropy)
-        if "torch_compile" in names:
-            compiled = torch.compile(F.cross_entropy, dynamic=False)
-            out["torch_compile"] = torch_modes(compiled)
-    if "jax" in names:
-        import jax
-        import jax.numpy as jnp
-        import optax
-
-        def loss_fn(logits, labels):
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-        f_loss = jax.jit(loss_fn)
-        f_both = jax.jit(jax.value_and_grad(loss_fn))
-        xj = jnp.asarray(x)
-        tj = jnp.asarray(t.astype(np.int32))
-        out["jax"] = {
-            "forward": (none, lambda _: f_loss(xj, tj).block_until_ready()),
-            "full": (none, lambda _: jax.block_until_ready(f_both(xj, tj))),
-        }
-    for name, backend in (("jax_ffi", "ffi"), ("jax_xla", "xla")):
+    for name in ("numba", "numpy"):
         if name in names:
-            out[name] = _softmaxce_jax(x, t, backend)
-    if "copy" in names:
-        dst = np.empty_like(x)
-        copy = (none, lambda _: np.copyto(dst, x))
-        out["copy"] = {"forward": copy, "backward": copy, "full": copy}
+            out[name] = {
+                "forward": (
+                    _none,
+                    lambda _, b=name: softmaxce.softmax_cross_entropy(x, t, backend=b),
+                ),
+                "full": (
+                    _none,
+                    lambda _, b=name: softmaxce.softmax_cross_entropy_with_grad(x, t, backend=b),
+                ),
+            }
     return out
+
+
+def _plain_numpy(x, t):
+    """The formula as tutorials write it."""
+    import numpy as np
+
+    n = x.shape[0]
+    rows = np.arange(n)
+
+    def plain_forward(_=None):
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        return -np.log(p[rows, t]).mean(), p
+
+    def plain_backward(p):
+        g = p.copy()
+        g[rows, t] -= 1.0
+        g /= n
+        return g
+
+    return {
+        "forward": (_none, plain_forward),
+        "backward": (lambda: plain_forward()[1], plain_backward),
+        "full": (_none, lambda _: plain_backward(plain_forward()[1])),
+    }
+
+
+def _torch_providers(names, x, t):
+    """F.cross_entropy eager and under torch.compile, with autograd."""
+    import torch
+    import torch.nn.functional as F
+
+    xt = torch.from_numpy(x)
+    tt = torch.from_numpy(t)
+
+    def torch_modes(fn):
+        def fwd(_=None):
+            leaf = xt.detach().requires_grad_(True)
+            return fn(leaf, tt), leaf
+
+        def bwd(saved):
+            loss, leaf = saved
+            loss.backward()
+            return leaf.grad
+
+        return {
+            "forward": (_none, fwd),
+            "backward": (fwd, bwd),
+            "full": (_none, lambda _: bwd(fwd())),
+        }
+
+    out = {}
+    if "torch" in names:
+        out["torch"] = torch_modes(F.cross_entropy)
+    if "torch_compile" in names:
+        out["torch_compile"] = torch_modes(torch.compile(F.cross_entropy, dynamic=False))
+    return out
+
+
+def _optax(x, t):
+    """optax's integer-label loss under jax.jit, and its value_and_grad."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    def loss_fn(logits, labels):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    f_loss = jax.jit(loss_fn)
+    f_both = jax.jit(jax.value_and_grad(loss_fn))
+    xj = jnp.asarray(x)
+    tj = jnp.asarray(t.astype(np.int32))
+    return {
+        "forward": (_none, lambda _: f_loss(xj, tj).block_until_ready()),
+        "full": (_none, lambda _: jax.block_until_ready(f_both(xj, tj))),
+    }
 
 
 def _softmaxce_jax(x, t, backend):
