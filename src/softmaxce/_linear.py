@@ -190,11 +190,6 @@ class Job:
     scale: Any = None
 
 
-def _slice_ctx(ctx: rows.RowContext, r0: int, r1: int) -> rows.RowContext:
-    spread = None if ctx.spread is None else ctx.spread[r0:r1]
-    return rows.RowContext(ctx.keep[r0:r1], spread)
-
-
 def _slice_rows(a: Any, r0: int, r1: int) -> Any:
     """A row scale's rows (a number or 0-d array is every row's)."""
     if a is None or isinstance(a, float) or a.ndim == 0:
@@ -250,7 +245,7 @@ def _row_block(job: Job, r0: int, r1: int, buf: Any, want_grad: bool, grads) -> 
     _logits(job, r0, r1, 0, job.w.shape[0], block)
     xb = mats.ce_view(block[-1])
     pb = _block_problem(p, xb, p.target[r0:r1], p.weight)
-    ctx = _slice_ctx(job.ctx, r0, r1)
+    ctx = job.ctx.rows(r0, r1)
     scale = _slice_rows(job.scale, r0, r1) if want_grad else None
     nan_loss, nan_grad = _quirk_rows(job, pb, ctx, want_grad)
     if p.numpy:
@@ -324,7 +319,7 @@ def _class_blocks(job: Job, r0: int, r1: int, buf: Any, want_grad: bool, grads) 
     p, mats, opts = job.p, job.mats, job.p.opts
     n_classes = job.w.shape[0]
     spans = rows.blocks(n_classes, math.ceil(n_classes / job.block[1]))
-    ctx = _slice_ctx(job.ctx, r0, r1)
+    ctx = job.ctx.rows(r0, r1)
     target = p.target[r0:r1]
     stats_of, grad_of = _kernel_pair(job)
     sem = opts.semantics

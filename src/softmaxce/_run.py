@@ -247,7 +247,7 @@ def _numpy_rows(p: Problem, ctx, scale, inplace, backend, grad_dtype):
             r1 = min(n, r0 + step)
             block_scale = rs if rs is None or rs.ndim == 0 else rs[r0:r1]
             loss_block, g = rows.fused_rows(
-                x2[r0:r1], target[r0:r1], p.opts, _ctx_rows(ctx, r0, r1), weight=weight,
+                x2[r0:r1], target[r0:r1], p.opts, ctx.rows(r0, r1), weight=weight,
                 where=None if where is None else where[r0:r1], row_scale=block_scale,
             )  # fmt: skip
             parts.append(loss_block)
@@ -260,12 +260,6 @@ def _numpy_rows(p: Problem, ctx, scale, inplace, backend, grad_dtype):
 # temporaries (a few per logit, in the accumulation dtype) then stay in the caches, and the
 # memory beyond the gradient stays a few MB instead of several times the logits.
 CORE_BLOCK = 1 << 18
-
-
-def _ctx_rows(ctx: rows.RowContext, r0: int, r1: int) -> rows.RowContext:
-    """The rows ``[r0, r1)`` of a row context."""
-    spread = None if ctx.spread is None else ctx.spread[r0:r1]
-    return rows.RowContext(ctx.keep[r0:r1], spread)
 
 
 def _row_sum(loss_rows: np.ndarray) -> float:

@@ -80,6 +80,11 @@ class RowContext(NamedTuple):
     keep: Array  # (N,) bool: not ignored and with at least one allowed class
     spread: Array | None  # (N,) eps / |A_i| on kept rows, 0 elsewhere; None when eps == 0
 
+    def rows(self, r0: int, r1: int) -> RowContext:
+        """The context of the rows ``[r0, r1)`` (a block of rows of the problem)."""
+        spread = None if self.spread is None else self.spread[r0:r1]
+        return RowContext(self.keep[r0:r1], spread)
+
 
 def row_context(
     x: Array, target: Array, n_classes: int, opts: Any, where: Array | None = None
