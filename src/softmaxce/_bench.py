@@ -754,6 +754,49 @@ def main(argv=None, prog=None):
                 os.environ[var] = value
 
 
+def _library_versions(args) -> list[str]:
+    """The versions of the libraries this run uses (numba's providers dropped where it cannot
+    run; torch's thread pools set to ``args.threads``)."""
+    import numpy as np
+
+    versions = [f"numpy {np.__version__}"]
+    numba_version = skip_numba_if_unavailable(args)
+    if numba_version is not None:
+        versions.append(f"numba {numba_version}")
+    if "torch" in args.providers or "torch_compile" in args.providers:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        try:
+            torch.set_num_interop_threads(args.threads)
+        except RuntimeError:
+            pass
+        versions.append(f"torch {torch.__version__}")
+    if {"jax", "jax_ffi", "jax_xla"} & set(args.providers):
+        import jax
+        import optax
+
+        versions.append(f"jax {jax.__version__} optax {optax.__version__}")
+    import softmaxce
+
+    versions.append(f"softmaxce {softmaxce.__version__}")
+    return versions
+
+
+def _warn_if_noisy(rows, log) -> None:
+    """Say when the copy floor, whose work never changes, varied too much across rounds."""
+    noisy = sorted({(r["N"], r["C"], r["noise_copy_p80_over_p20"]) for r in rows
+                    if r["noise_copy_p80_over_p20"] > NOISY})  # fmt: skip
+    if noisy:
+        log(
+            "warning: the figures are not trustworthy: the memory copy, whose work never "
+            "changes, varied across rounds by "
+            + ", ".join(f"{s:.2f}x at {n} x {c}" for n, c, s in noisy)
+            + f" (p80/p20 above {NOISY}): other processes load this machine. Rerun when it is "
+            "idle, or compare only figures from one run."
+        )
+
+
 def _main(argv=None, prog=None):
     args = parse_args(argv, prog)
     free, load = free_cpus()
@@ -778,27 +821,7 @@ def _main(argv=None, prog=None):
         print(s, flush=True)
         lines.append(s)
 
-    versions = [f"numpy {np.__version__}"]
-    numba_version = skip_numba_if_unavailable(args)
-    if numba_version is not None:
-        versions.append(f"numba {numba_version}")
-    if "torch" in args.providers or "torch_compile" in args.providers:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        try:
-            torch.set_num_interop_threads(args.threads)
-        except RuntimeError:
-            pass
-        versions.append(f"torch {torch.__version__}")
-    if {"jax", "jax_ffi", "jax_xla"} & set(args.providers):
-        import jax
-        import optax
-
-        versions.append(f"jax {jax.__version__} optax {optax.__version__}")
-    import softmaxce
-
-    versions.append(f"softmaxce {softmaxce.__version__}")
+    versions = _library_versions(args)
     header = (
         f"float32, mean reduction; threads: {args.threads} ({threads_note}) for numba, torch "
         f"(intra+inter-op), XLA (CPU pool = usable CPUs); "
@@ -847,16 +870,7 @@ def _main(argv=None, prog=None):
     log()
     print_table(rows, header, log)
     jax_ratios(rows, log)
-    noisy = sorted({(r["N"], r["C"], r["noise_copy_p80_over_p20"]) for r in rows
-                    if r["noise_copy_p80_over_p20"] > NOISY})  # fmt: skip
-    if noisy:
-        log(
-            "warning: the figures are not trustworthy: the memory copy, whose work never "
-            "changes, varied across rounds by "
-            + ", ".join(f"{s:.2f}x at {n} x {c}" for n, c, s in noisy)
-            + f" (p80/p20 above {NOISY}): other processes load this machine. Rerun when it is "
-            "idle, or compare only figures from one run."
-        )
+    _warn_if_noisy(rows, log)
     files = [out / "fused.csv", out / "fused.md", out / "fused.txt"]
     with open(files[0], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
