@@ -3,6 +3,7 @@ outside the repository, and every relative link of a Markdown file reaches a fil
 
 from __future__ import annotations
 
+import doctest
 import re
 import subprocess
 from pathlib import Path
@@ -44,3 +45,32 @@ def test_markdown_links_reach_files_of_the_repository():
             if not path.exists() or ROOT not in path.parents:
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert not broken, "\n".join(broken)
+
+
+# ```pycon blocks of the site's pages: Python sessions whose output must be exactly what the
+# page shows (the blocks of one page share their names, as one session)
+PYCON = re.compile(r"^```pycon\n(.*?)^```", re.S | re.M)
+FLAGS = 0  # exactly what the page shows: no flag relaxes the comparison
+
+
+def pages_with_sessions() -> list[Path]:
+    return [p for p in sorted((ROOT / "docs").rglob("*.md")) if PYCON.search(p.read_text("utf-8"))]
+
+
+def test_the_backprop_guide_has_sessions_to_run():
+    assert ROOT / "docs" / "guide" / "backprop.md" in pages_with_sessions()
+
+
+@pytest.mark.parametrize("page", pages_with_sessions(), ids=lambda p: p.name)
+def test_doc_page_sessions_print_what_the_page_shows(page):
+    text = page.read_text(encoding="utf-8")
+    examples = []
+    for block in PYCON.finditer(text):
+        for example in doctest.DocTestParser().get_examples(block.group(1)):
+            example.lineno += text.count("\n", 0, block.start(1))  # the line in the page
+            examples.append(example)
+    test = doctest.DocTest(examples, {}, page.name, str(page), 0, None)
+    runner = doctest.DocTestRunner(optionflags=FLAGS)
+    out: list[str] = []
+    runner.run(test, out=out.append)
+    assert runner.failures == 0, "".join(out)
