@@ -1,11 +1,16 @@
 """The project's documentation stands alone: no document, docstring or comment refers to a file
-outside the repository, and every relative link of a Markdown file reaches a file in it."""
+outside the repository, and every relative link of a Markdown file reaches a file in it. The
+site (mkdocs.yml) builds strictly, a broken link, anchor or API reference fails that build, and
+the Python sessions of its pages print what the pages show."""
 
 from __future__ import annotations
 
 import doctest
+import os
 import re
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +79,38 @@ def test_doc_page_sessions_print_what_the_page_shows(page):
     out: list[str] = []
     runner.run(test, out=out.append)
     assert runner.failures == 0, "".join(out)
+
+
+def build_site(tmp_path: Path, extra: str = "") -> subprocess.CompletedProcess:
+    """`mkdocs build --strict` of a copy of the site (plus `extra` at the end of a page) into
+    tmp_path; mkdocs.yml reads `docs/` and the API from `src/` next to it."""
+    pytest.importorskip("mkdocs", reason="the docs requirements (requirements/docs.txt)")
+    shutil.copy(ROOT / "mkdocs.yml", tmp_path)
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
+    (tmp_path / "src").symlink_to(ROOT / "src")
+    with (tmp_path / "docs" / "levels.md").open("a", encoding="utf-8") as page:
+        page.write(extra)
+    cmd = [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")]
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env)
+
+
+def test_site_builds_strictly(tmp_path):
+    result = build_site(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "site" / "guide" / "backprop" / "index.html").exists()
+    api = (tmp_path / "site" / "api" / "softmaxce" / "index.html").read_text(encoding="utf-8")
+    assert 'id="softmaxce.softmax_cross_entropy_with_grad"' in api  # rendered from docstrings
+
+
+def test_strict_site_build_fails_on_a_broken_link_anchor_or_reference(tmp_path):
+    broken = {
+        "no-such-anchor": "[x](internals.md#no-such-anchor)",
+        "no_such_page.md": "[x](no_such_page.md)",
+        "softmaxce.no_such_name": "[x][softmaxce.no_such_name]",
+    }
+    result = build_site(tmp_path, "".join(f"\nSee {link}.\n" for link in broken.values()))
+    assert result.returncode != 0
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    for target in broken:
+        assert any(target in line for line in warnings), result.stderr
