@@ -114,3 +114,38 @@ def test_strict_site_build_fails_on_a_broken_link_anchor_or_reference(tmp_path):
     warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
     for target in broken:
         assert any(target in line for line in warnings), result.stderr
+
+
+# The site's pages that repeat sections of the README (which must read on its own, on PyPI and
+# GitHub): every paragraph of the section is on the page, links aside (their targets differ).
+README_SECTIONS = {
+    "index.md": ["What `make demo` shows", "Tests"],
+    "levels.md": ["Three levels", "Backends"],
+    "semantics.md": ["The loss", "Semantics where frameworks disagree"],
+    "compat/index.md": ["Porting from another framework: `softmaxce.compat`"],
+    "benchmarks.md": ["Speed", "Fused linear + cross-entropy"],
+}
+
+
+def paragraphs(markdown: str) -> list[str]:
+    unlinked = re.sub(r"\[([^\]]*)\]\([^)]*\)", "LINK", markdown)
+    return [" ".join(p.split()) for p in re.split(r"\n\s*\n", unlinked) if p.strip()]
+
+
+def readme_section(title: str) -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", readme, re.S | re.M)
+    assert found, f"README.md has no section {title!r}"
+    return found.group(1)
+
+
+@pytest.mark.parametrize("page", sorted(README_SECTIONS))
+def test_site_page_says_what_the_readme_says(page):
+    text = set(paragraphs((ROOT / "docs" / page).read_text(encoding="utf-8")))
+    missing = [
+        f"README.md, {title!r}: {paragraph[:100]}"
+        for title in README_SECTIONS[page]
+        for paragraph in paragraphs(readme_section(title))
+        if paragraph not in text
+    ]
+    assert not missing, "\n".join(missing)
