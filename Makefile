@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test docs lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(VENV)/.installed-base: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[demo]"
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(CONSTRAINTS) requirements/test.txt | $(BIN)/python
+$(VENV)/.installed-test: pyproject.toml $(CONSTRAINTS) requirements/test.txt requirements/docs.txt | $(BIN)/python
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[test]" -r requirements/test.txt
 	touch $@
 
@@ -27,10 +27,21 @@ $(VENV)/.installed-bench: pyproject.toml $(CONSTRAINTS) requirements/bench.txt |
 demo: $(VENV)/.installed-base
 	$(BIN)/python -m softmaxce demo
 
-# The suite twice: as installed, then as without numba (conftest.py: SOFTMAXCE_BLOCK_NUMBA),
-# where "auto" must fall back to the NumPy core and the kernel tests skip (about a minute).
+# Material for MkDocs prints a banner about its successor on every build; the build is the same.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+
+# The documentation site (mkdocs.yml) into site/.
+docs: $(VENV)/.installed-test
+	$(MKDOCS) build
+
+# The site strictly (a broken link or anchor, or an API reference that does not resolve, fails
+# the build: mkdocs.yml's `validation`; never with --quiet, which hides the warnings from
+# --strict and lets a broken build pass), then the suite twice: as installed, then as without
+# numba (conftest.py: SOFTMAXCE_BLOCK_NUMBA), where "auto" must fall back to the NumPy core and
+# the kernel tests skip (about a minute).
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
+	$(MKDOCS) build --strict
 	$(BIN)/python -m pytest
 	SOFTMAXCE_BLOCK_NUMBA=1 $(BIN)/python -m pytest -q
 
@@ -42,4 +53,4 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/softmaxce bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis site

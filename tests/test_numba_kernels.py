@@ -36,6 +36,14 @@ from softmaxce._options import LossOptions
 
 IGNORE = -100
 EPS32 = float(np.finfo(np.float32).eps)
+try:
+    import ml_dtypes
+
+    BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # (the bfloat16 cases skip)
+    BF16 = None
+BF16_EPS = 2.0**-7  # bfloat16: 8 significand bits
+needs_bf16 = pytest.mark.skipif(BF16 is None, reason="ml_dtypes is not installed")
 
 
 def tol(dtype) -> tuple[float, float]:
@@ -46,6 +54,8 @@ def tol(dtype) -> tuple[float, float]:
         return 1e-12, 1e-12
     if np.dtype(dtype) == np.float16:
         return 8 * EPS32, 2 * float(np.finfo(np.float16).eps)
+    if BF16 is not None and np.dtype(dtype) == BF16:
+        return 8 * EPS32, 2 * BF16_EPS
     return 8 * EPS32, 8 * EPS32
 
 
@@ -264,6 +274,123 @@ def test_float16_logits_with_a_float32_gradient():
     ref_loss, ref_grad = reference(x, t, opts, row_scale=np.ones(5), **arrays)
     close(loss, ref_loss, 8 * EPS32, "loss")
     close(out, ref_grad, 8 * EPS32, "float32 gradient")
+
+
+@needs_bf16
+@pytest.mark.parametrize("inplace", [False, True], ids=["oop", "inplace"])
+@pytest.mark.parametrize(
+    ("soft", "name"),
+    [(False, "plain"), (False, "weight+smooth"), (False, "softcap"), (False, "where"),
+     (True, "plain"), (True, "all")],
+)  # fmt: skip
+def test_bfloat16_through_its_bits_rounded_once(inplace, soft, name):
+    x, target = make(5, 100, BF16, soft=soft, seed=11, scale=2.0)
+    check(x, target, name, inplace=inplace)
+
+
+@needs_bf16
+@pytest.mark.parametrize("name", list(OPTION_SETS))
+def test_bfloat16_every_option_set_in_place_equals_out_of_place(name):
+    x, target = make(7, 423, BF16, seed=3)
+    loss_ip, grad_ip = check(x, target, name, inplace=True)
+    loss_oop, grad_oop = check(x, target, name)
+    np.testing.assert_allclose(loss_ip, loss_oop, rtol=8 * EPS32, atol=8 * EPS32)
+    ulps = np.abs(grad_ip.view(np.int16).astype(int) - grad_oop.view(np.int16).astype(int))
+    assert ulps.max() <= 1  # the same float32 values, each rounded once
+
+
+def bf16_ulps(a, b):
+    """The distance of two bfloat16 arrays in units in the last place (same-sign values)."""
+    return np.abs(a.view(np.int16).astype(np.int64) - b.view(np.int16).astype(np.int64))
+
+
+@needs_bf16
+@pytest.mark.parametrize("inplace", [False, True], ids=["oop", "inplace"])
+def test_bfloat16_gradient_is_the_float32_gradient_rounded_once(inplace):
+    # the kernel on bfloat16 accumulates what it would on the same values in float32: its
+    # gradient is that float32 gradient rounded to nearest (even) once. Summation orders may
+    # move the float32 value by a few of its ulps, so an element may round the other way
+    # when it lies within those of a tie: 1 bfloat16 ulp at most, and almost never.
+    # Truncating instead of rounding moves about half of the elements by one ulp.
+    x, t = make(64, 1000, BF16, seed=21, scale=3.0)
+    opts = LossOptions(label_smoothing=0.1)
+    rs = np.linspace(0.5, 1.5, 64)
+    g32 = np.empty(x.shape, np.float32)
+    nk.fused_rows(x.astype(np.float32), t, opts, row_scale=rs, out=g32)
+    xin = x.copy()
+    out = xin if inplace else np.empty_like(x)
+    nk.fused_rows(xin, t, opts, row_scale=rs, out=out)
+    ulps = bf16_ulps(out, g32.astype(BF16))
+    assert ulps.max() <= 1
+    assert np.mean(ulps == 0) > 0.99
+
+
+def bf16_store(v):
+    """float32 values stored through the kernels' bfloat16 store (``st``)."""
+    from numba import njit
+
+    from softmaxce._numba.intrinsics import st
+
+    @njit
+    def store(v, out):
+        for i in range(v.shape[0]):
+            out[i] = st(out, v[i])
+
+    out = np.empty(v.shape, np.int16)
+    store(v, out)
+    return out.view(BF16)
+
+
+@needs_bf16
+def test_bfloat16_store_rounds_to_nearest_even_and_keeps_nan():
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32)
+    ties = (np.arange(-50, 50, dtype=np.int64).astype(np.uint32) << 16) | 0x8000  # exact ties
+    edges = np.array(
+        [np.inf, -np.inf, 0.0, -0.0, np.finfo(np.float32).max, -np.finfo(np.float32).max,
+         np.finfo(np.float32).tiny, 1e-45, 1.0 + 2**-8, 1.0 + 3 * 2**-8],
+        dtype=np.float32,
+    )  # fmt: skip
+    v = np.concatenate([bits.view(np.float32), ties.astype(np.uint32).view(np.float32), edges])
+    got = bf16_store(v)
+    nan = np.isnan(v)
+    assert nan.any() and np.isnan(got[nan].astype(np.float32)).all()
+    want = v[~nan].astype(BF16)  # ml_dtypes: round to nearest, ties to even
+    np.testing.assert_array_equal(got[~nan].view(np.int16), want.view(np.int16))
+
+
+@needs_bf16
+def test_bfloat16_is_told_apart_from_float16_by_its_dtype():
+    # the same 16 bits mean different numbers: the kernel must read each as its dtype says
+    x = np.array([[1.5, -2.0, 3.25, 0.0]], dtype=np.float32)
+    t = np.array([2])
+    opts = LossOptions()
+    ref, _ = reference(x, t, opts)
+    for dt in (np.float16, BF16):
+        loss = nk.fused_rows(x.astype(dt), t, opts)
+        close(loss, ref, 8 * EPS32, f"{np.dtype(dt)} loss")
+
+
+@needs_bf16
+def test_bfloat16_read_only_logits_and_block_contract():
+    x, t = make(6, 300, BF16, seed=9)
+    x.flags.writeable = False
+    opts = LossOptions(label_smoothing=0.1)
+    out = np.empty(x.shape, BF16)
+    loss = nk.fused_rows(x, t, opts, row_scale=1.0, out=out)
+    ref_loss, ref_grad = reference(x, t, opts, row_scale=np.ones(6))
+    close(loss, ref_loss, 8 * EPS32, "loss")
+    close(out, ref_grad, 2 * BF16_EPS, "gradient")
+    ctx = core.row_context(x, t, 300, opts, None)
+    stats = core.merge(nk.row_stats(x[:, :128], t, 0, opts, ctx),
+                       nk.row_stats(x[:, 128:], t, 128, opts, ctx))  # fmt: skip
+    with np.errstate(all="ignore"):  # (the ignored row: log 0, discarded)
+        merged_loss = np.asarray(core.row_loss(stats, opts, ctx), dtype=np.float64)
+    close(merged_loss, ref_loss, 8 * EPS32, "loss of merged blocks")
+    for lo, hi in ((0, 128), (128, 300)):
+        g = nk.row_grad(x[:, lo:hi], t, lo, stats, 1.0, opts, ctx)
+        assert g.dtype == BF16
+        close(g, ref_grad[:, lo:hi], 2 * BF16_EPS, f"gradient of block [{lo}, {hi})")
 
 
 def test_a_scalar_row_scale_equals_the_same_scale_per_row():
@@ -555,6 +682,10 @@ def test_supports():
     assert nk.supports(x, t, out=x, row_scale=1.0)
     assert nk.supports(x, np.zeros((4, 6), np.float16), where=np.ones((4, 6), bool))
     assert nk.supports(x.astype(np.float16), t, out=np.empty((4, 6), np.float32))
+    if BF16 is not None:
+        assert nk.supports(x.astype(BF16), t, out=np.empty((4, 6), BF16), row_scale=1.0)
+        assert nk.supports(x, np.zeros((4, 6), BF16))
+        assert not nk.supports(x.astype(BF16)[:, ::2], t)
     assert nk.supports(x, t, row_scale=np.ones(4))
     assert not nk.supports(x[:, ::2], t)  # not C-contiguous
     assert not nk.supports(x.T, np.zeros(6, np.int64))

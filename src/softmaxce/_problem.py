@@ -136,7 +136,7 @@ def _target(xp: Any, x: Array, t: Any, axis: int, opts: LossOptions, name: str) 
             "cast it to an integer dtype for indices or a float dtype for a distribution"
         )
         raise TypeError(msg)
-    if xp.isdtype(t.dtype, "real floating"):
+    if xp.isdtype(t.dtype, "real floating") or v.is_bfloat16(t.dtype):
         if tuple(t.shape) != tuple(x.shape):
             msg = (
                 f"{name}: a float (probability) target must have the logits' shape "
@@ -239,7 +239,7 @@ def problem_of(
     if is_numpy_namespace(xp):
         moved = _classes_last(np, x, axis)
         x2 = moved.reshape(-1, n_classes)  # a view when possible, else a copy
-        if target.dtype.kind == "f":
+        if target.dtype.kind == "f" or v.is_bfloat16(target.dtype):
             t2 = _classes_last(np, target, axis).reshape(-1, n_classes)
         else:
             t2 = target.reshape(-1).astype(np.int64, copy=False)

@@ -59,11 +59,17 @@ def as_array(x: Any, name: str) -> np.ndarray:
         raise ValueError(msg) from None
 
 
+def is_bfloat16(dtype: Any) -> bool:
+    """Whether ``dtype`` is NumPy's ``ml_dtypes.bfloat16`` (a float that NumPy sees as kind V)."""
+    return getattr(dtype, "kind", None) == "V" and dtype.name == "bfloat16" and dtype.itemsize == 2
+
+
 def float_array(x: Any, name: str) -> np.ndarray:
-    """``x`` as an array of a float dtype; integers promote to float64."""
+    """``x`` as an array of a float dtype (``ml_dtypes.bfloat16`` included); integers promote
+    to float64."""
     arr = as_array(x, name)
     kind = arr.dtype.kind
-    if kind == "f":
+    if kind == "f" or is_bfloat16(arr.dtype):
         return arr
     if kind in "iu":
         return arr.astype(np.float64)
@@ -281,7 +287,7 @@ def target_array(
             "use .astype(int) for indices or .astype(float) for a one-hot distribution"
         )
         raise TypeError(msg)
-    if kind == "f":
+    if kind == "f" or is_bfloat16(t.dtype):
         if t.shape != logits.shape:
             msg = (
                 f"{name}: a float (probability) target must have the logits' shape "
@@ -391,7 +397,7 @@ def inplace_buffer(logits: Any) -> np.ndarray:
     if not isinstance(logits, np.ndarray):
         msg = f"inplace=True needs logits as a numpy.ndarray, got {type(logits).__name__}"
         raise TypeError(msg)
-    if logits.dtype.kind != "f":
+    if logits.dtype.kind != "f" and not is_bfloat16(logits.dtype):
         msg = f"inplace=True needs float logits to hold the gradient, got dtype {logits.dtype}"
         raise TypeError(msg)
     if not logits.flags.writeable:

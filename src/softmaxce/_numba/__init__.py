@@ -29,13 +29,16 @@ Files:
 * ``softmax.py``: the row loop of softmax, log_softmax and logsumexp;
 * ``threads.py``: row chunks on a fork-safe pool of Python threads.
 
-Accumulation: float32 for float16/float32 logits, float64 for float64 logits; per-row scalars
-(``log s``, the loss, the z-loss terms, the gradient's row factors) in float64. float16 is read
-and written through its bits (``uint16``) with LLVM's ``half`` conversions, since numba has no
-float16 arithmetic on the CPU; the exponentials of a float16 row wait in a float32 scratch row
-(C floats per thread), so the gradient is rounded to float16 once. With ``where`` or a softcap
-the capped and masked row ``z`` waits in a scratch row of C accumulator floats per thread (not
-N x C), and with a softcap the chain rule's factor in a second one.
+Accumulation: float32 for float16/bfloat16/float32 logits, float64 for float64 logits; per-row
+scalars (``log s``, the loss, the z-loss terms, the gradient's row factors) in float64. float16
+is read and written through its bits (typed ``uint16``) with LLVM's ``half`` conversions, since
+numba has no float16 arithmetic on the CPU; bfloat16 (``ml_dtypes.bfloat16``; torch's through
+``Tensor.view(torch.int16)``) through its bits typed ``int16`` (widened by a shift, rounded to
+nearest even): the element type, never the values, tells the two apart. The exponentials of a
+16-bit row wait in a float32 scratch row (C floats per thread), so the gradient is rounded
+once. With ``where`` or a softcap the capped and masked row ``z`` waits in a scratch row of C
+accumulator floats per thread (not N x C), and with a softcap the chain rule's factor in a
+second one.
 
 Threads: rows are split in contiguous chunks, one per thread (``NUMBA_NUM_THREADS``, default
 the CPU count), below 65536 elements on the calling thread (``threads.py``).
@@ -80,8 +83,14 @@ __all__ = [
     "supports",
 ]
 
-_FLOATS = frozenset((np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)))
 _F16, _F32, _F64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+try:  # NumPy has no bfloat16; ml_dtypes' (where installed) runs on the kernels as its bits
+    import ml_dtypes
+
+    _BF16: np.dtype | None = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes comes with jax
+    _BF16 = None
+_FLOATS = frozenset(d for d in (_F16, _F32, _F64, _BF16) if d is not None)
 _I64 = np.dtype(np.int64)
 
 
@@ -95,13 +104,14 @@ def _is_c2d(a: Any) -> bool:
 def supports(x, target, *, where=None, out=None, weight=None, row_scale=None) -> bool:
     """Whether :func:`fused_rows` accepts these arrays.
 
-    Accepted: ``x`` a 2-D C-contiguous aligned float16/float32/float64 ndarray; ``target`` a
-    1-D integer array of length N, or a float16/32/64 array of x's 2-D shape (any strides);
+    Accepted: ``x`` a 2-D C-contiguous aligned float16/float32/float64 ndarray, or bfloat16
+    (``ml_dtypes.bfloat16``, where installed); ``target`` a 1-D integer array of length N, or a
+    float array of x's 2-D shape (any strides);
     ``where`` None or a bool array of x's shape (any strides, broadcast views included);
-    ``out`` None, ``x`` itself, or a writeable C-contiguous float16/32/64 array of x's shape
+    ``out`` None, ``x`` itself, or a writeable C-contiguous float array of x's shape
     that shares no memory with x; ``weight`` None or (C,); ``row_scale`` None, a number, or
     (N,). Everything else is rejected: non-contiguous or misaligned logits, other dtypes
-    (bfloat16, complex, integer logits), wrong shapes, an ``out`` that partially overlaps x.
+    (complex, integer logits), wrong shapes, an ``out`` that partially overlaps x.
     """
     if not _is_c2d(x) or x.dtype not in _FLOATS:
         return False
@@ -130,8 +140,13 @@ def supports(x, target, *, where=None, out=None, weight=None, row_scale=None) ->
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
-    """float16 arrays travel as their uint16 bits (numba has no float16 on the CPU)."""
-    return a.view(np.uint16) if a.dtype == np.float16 else a
+    """float16 arrays travel as their bits typed ``uint16``, bfloat16 arrays as their bits typed
+    ``int16`` (numba has neither on the CPU): the element type tells the kernels which."""
+    if a.dtype == _F16:
+        return a.view(np.uint16)
+    if a.dtype == _BF16:
+        return a.view(np.int16)
+    return a
 
 
 def _acc(dtype: np.dtype) -> np.dtype:
@@ -208,18 +223,18 @@ def fused_rows(
     if row_scale is not None:
         rs = row_scale if isinstance(row_scale, float) else _row_scale(row_scale)
         if out is not x:
-            g = out.view(np.uint16) if out.dtype == _F16 else out
+            g = _bits(out)
         if out.dtype != acc:  # a gradient rounded once, from acc
             eb = np.empty((k, c), dtype=acc)
     if target.ndim == 2:
-        t, y = None, (target.view(np.uint16) if target.dtype == _F16 else target)
+        t, y = None, _bits(target)
     else:
         t, y = _labels(target), None
     cap = opts.softcap
     zb = None if where is None and cap is None else np.empty((k, c), dtype=acc)
     cb = None if cap is None else np.empty((k, c), dtype=acc)
     fixed = (
-        x.view(np.uint16) if dt == _F16 else x,
+        _bits(x),
         t,
         y,
         None if weight is None else np.ascontiguousarray(weight, dtype=np.float64),
@@ -250,7 +265,10 @@ def loss_total(loss: np.ndarray) -> float:
 def _block(x_block: np.ndarray, name: str) -> np.ndarray:
     x = np.ascontiguousarray(x_block)  # the loops want contiguous rows
     if x.ndim != 2 or x.dtype not in _FLOATS:
-        msg = f"{name}: expected a 2-D float16/32/64 block, got {x.dtype} with shape {x.shape}"
+        msg = (
+            f"{name}: expected a 2-D float16/32/64 or bfloat16 block, got {x.dtype} "
+            f"with shape {x.shape}"
+        )
         raise TypeError(msg)
     return x
 

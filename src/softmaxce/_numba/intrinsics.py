@@ -2,12 +2,15 @@
 
 * bit casts between float32/float64 and int32/int64 (the exponential builds ``2**k`` from
   bits), float16 <-> float32 conversion (F16C: numba has no float16 arithmetic on the CPU, so
-  float16 arrays travel as their ``uint16`` bits), IEEE ``maxNum`` (a vectorisable maximum
-  that ignores a NaN operand) and a cache-line prefetch;
-* ``ld`` (an element -> the accumulator float: float16 bits widen to float32), ``st`` (an
-  accumulator value -> the element type of an array, rounding once), ``acc0`` (a zero of an
-  array's accumulator type: float64 for float64, float32 otherwise) and ``cast``: chosen at
-  compile time from the types (``caching.by_type``), so that one loop body serves every dtype.
+  float16 arrays travel as their ``uint16`` bits), bfloat16 <-> float32 conversion (bfloat16
+  arrays travel as their bits typed ``int16``: the element type tells the two 16-bit formats
+  apart at compile time; a bfloat16 is the upper half of a float32, rounded to nearest even),
+  IEEE ``maxNum`` (a vectorisable maximum that ignores a NaN operand) and a cache-line prefetch;
+* ``ld`` (an element -> the accumulator float: float16 and bfloat16 bits widen to float32),
+  ``st`` (an accumulator value -> the element type of an array, rounding once), ``acc0`` (a
+  zero of an array's accumulator type: float64 for float64, float32 otherwise) and ``cast``:
+  chosen at compile time from the types (``caching.by_type``), so that one loop body serves
+  every dtype.
 """
 
 from __future__ import annotations
@@ -55,6 +58,39 @@ def f32_to_half(typingctx, f):
 
 
 @intrinsic
+def bf16_to_f32(typingctx, h):
+    """bfloat16 bits (as ``int16``) -> float32: the bits are the float32's upper half."""
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        wide = builder.shl(builder.zext(args[0], i32), ir.Constant(i32, 16))
+        return builder.bitcast(wide, ir.FloatType())
+
+    return types.float32(types.int16), codegen
+
+
+@intrinsic
+def f32_to_bf16(typingctx, f):
+    """float32 -> bfloat16 bits (as ``int16``), rounded to nearest, ties to even; a NaN stays a
+    (quiet) NaN. Integer operations only, so no fast-math flag can fold the NaN test away."""
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        u = builder.bitcast(args[0], i32)
+        hi = builder.lshr(u, ir.Constant(i32, 16))
+        odd = builder.and_(hi, ir.Constant(i32, 1))
+        rounded = builder.lshr(
+            builder.add(builder.add(u, ir.Constant(i32, 0x7FFF)), odd), ir.Constant(i32, 16)
+        )
+        mag = builder.and_(u, ir.Constant(i32, 0x7FFFFFFF))
+        nan = builder.icmp_unsigned(">", mag, ir.Constant(i32, 0x7F800000))
+        quiet = builder.or_(hi, ir.Constant(i32, 0x40))
+        return builder.trunc(builder.select(nan, quiet, rounded), ir.IntType(16))
+
+    return types.int16(types.float32), codegen
+
+
+@intrinsic
 def maxnum(typingctx, a, b):
     """IEEE maxNum: the larger of ``a`` and ``b``, ignoring a NaN operand; vectorises."""
 
@@ -88,9 +124,12 @@ def prefetch(typingctx, arr, idx):
 
 @by_type
 def ld(v):
-    """An element (float32, float64, float16 bits) -> the accumulator float."""
+    """An element (float32, float64, float16 bits as ``uint16``, bfloat16 bits as ``int16``)
+    -> the accumulator float."""
     if v == types.uint16:
         return lambda v: half_to_f32(v)
+    if v == types.int16:
+        return lambda v: bf16_to_f32(v)
     if v in (types.float32, types.float64):
         return lambda v: v
     if isinstance(v, types.Float):
@@ -103,6 +142,8 @@ def st(a, v):
     """An accumulator value -> the element type of array ``a`` (rounded once)."""
     if a.dtype == types.uint16:
         return lambda a, v: f32_to_half(np.float32(v))
+    if a.dtype == types.int16:
+        return lambda a, v: f32_to_bf16(np.float32(v))
     if a.dtype == types.float32:
         return lambda a, v: np.float32(v)
     return lambda a, v: np.float64(v)

@@ -33,6 +33,28 @@ BACKENDS = ("auto", "triton", "numba", "numpy", "core")
 XP = namespace(torch.empty(0))
 namespace(torch.empty(0), torch.nn.Parameter(torch.empty(0)))
 
+try:  # NumPy has no bfloat16: ml_dtypes' (where installed) lets the kernel read torch's in place
+    import ml_dtypes
+
+    BF16: np.dtype | None = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes comes with jax
+    BF16 = None
+
+
+def host(t: torch.Tensor) -> np.ndarray | None:
+    """The NumPy view of a CPU tensor's own memory (no copy): bfloat16 through its bits as
+    ``ml_dtypes.bfloat16``; None for bfloat16 without ml_dtypes."""
+    if t.dtype != torch.bfloat16:
+        return t.numpy()
+    return None if BF16 is None else t.view(torch.int16).numpy().view(BF16)
+
+
+def from_host(a: np.ndarray) -> torch.Tensor:
+    """:func:`host` reversed: a tensor on ``a``'s memory (bfloat16 through its bits)."""
+    if BF16 is not None and a.dtype == BF16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
 
 @dataclass(frozen=True)
 class Call:
@@ -162,18 +184,14 @@ def _check_inplace(input: torch.Tensor, inplace_backward: Any) -> bool:
 def _disjoint(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> None:
     """In place on the fused path: no other argument may share the input's memory (the
     kernel would read a target or weight that the gradient is overwriting). The NumPy API's
-    check, on the same memory (bfloat16 runs on a float32 copy: nothing to check)."""
-    if input.dtype == torch.bfloat16 or torch.compiler.is_compiling():
+    check, on the same memory (bfloat16 without ml_dtypes runs on a float32 copy: nothing to
+    check)."""
+    buffer = host(input.detach())
+    if buffer is None or torch.compiler.is_compiling():
         return
     others = {"target": target, "weight": weight}
-    v.disjoint_from_buffer(
-        input.detach().numpy(),
-        **{
-            name: t.detach().numpy()
-            for name, t in others.items()
-            if t is not None and t.dtype != torch.bfloat16
-        },
-    )
+    arrays = {name: host(t.detach()) for name, t in others.items() if t is not None}
+    v.disjoint_from_buffer(buffer, **{k: a for k, a in arrays.items() if a is not None})
 
 
 def _path(input: torch.Tensor, target: torch.Tensor, weight: Any, name: str) -> tuple[str, str]:

@@ -1,7 +1,8 @@
 """The fused CPU kernels as ``torch.library`` custom ops (``torch.compile`` traces them).
 
 Each op runs :func:`softmaxce._run.run` on the tensors' own memory (``Tensor.numpy()``, no
-copy; bfloat16, which NumPy lacks, on a float32 copy): one pass gives the loss and the
+copy; bfloat16, which NumPy lacks, as ``ml_dtypes.bfloat16`` on the same memory where ml_dtypes
+is installed, else on a float32 copy): one pass gives the loss and the
 gradient, which the in-place op writes into ``input``. Their fake implementations give the
 output shapes, so ``torch.compile(fullgraph=True)`` traces a call without a graph break.
 
@@ -18,7 +19,7 @@ import torch
 from .. import _run
 from .._options import FLAT_FIELDS, LossOptions
 from .._problem import problem_of
-from ._checks import check_values
+from ._checks import check_values, from_host, host
 
 _FLAT_TYPES = {
     "reduction": "str",
@@ -50,29 +51,34 @@ def run_fused(
     here, on the CPU, they cost no synchronisation and also guard a compiled graph, whose
     boundary could not read the data; without them the kernel would index out of bounds.
     """
-    bf16 = x.dtype == torch.bfloat16
-    xa = x.to(torch.float32, memory_format=torch.contiguous_format).numpy() if bf16 else x.numpy()
-    ta = (target.to(torch.float32) if target.dtype == torch.bfloat16 else target).numpy()
+    xa = host(x)
+    copy = xa is None  # bfloat16 without ml_dtypes: a float32 copy
+    if copy:
+        xa = x.to(torch.float32, memory_format=torch.contiguous_format).numpy()
+    soft = target.dtype.is_floating_point
+    ta = host(target)
+    if ta is None:
+        ta = target.to(torch.float32).numpy()
     wa = None if weight is None else weight.to(torch.float64).numpy()
     if check:
-        wa = check_values(None if ta.dtype.kind == "f" else ta, wa, xa.shape[1], opts)
-    if ta.dtype.kind != "f":
+        wa = check_values(None if soft else ta, wa, xa.shape[1], opts)
+    if not soft:
         ta = ta.astype(np.int64, copy=False)
     p = problem_of(xa, ta, opts, axis=1, weight=wa)
-    # the float32 copy of a bfloat16 input is ours: the gradient fills it
-    loss, grad = _run.run(p, want_grad=want_grad, inplace=want_grad and (inplace or bf16),
+    # a float32 copy of a bfloat16 input is ours: the gradient fills it
+    loss, grad = _run.run(p, want_grad=want_grad, inplace=want_grad and (inplace or copy),
                           backend=kernel)  # fmt: skip
-    loss_t = torch.from_numpy(np.array(loss))
-    if bf16:
+    loss_t = from_host(np.array(loss))
+    if copy:
         loss_t = loss_t.to(torch.bfloat16)
     if grad is None:
         return loss_t, None
     if inplace:
-        if bf16:
+        if copy:
             x.copy_(torch.from_numpy(grad))
         return loss_t, x
-    g = torch.from_numpy(grad)
-    return loss_t, (g.to(torch.bfloat16) if bf16 else g.contiguous())
+    g = from_host(grad)
+    return loss_t, (g.to(torch.bfloat16) if copy else g.contiguous())
 
 
 def _loss_like(input: torch.Tensor, flat: tuple) -> torch.Tensor:
