@@ -313,21 +313,27 @@ def _core_row_grad(x, target, col_offset, stats, row_scale, opts, ctx, *, weight
     return rows.row_grad(x, target, col_offset, stats, row_scale, opts, ctx, weight=weight)
 
 
+def logit_blocks(job: Job, r0: int, r1: int, buf: Any):
+    """The logits of the rows ``[r0, r1)``, a block of ``job.block[1]`` classes at a time
+    (nearly equal blocks): yields ``(c0, c1, block, xb)``, the block's buffers (its logits in
+    ``block[-1]``) and their view for the rows (``mats.ce_view``), reused by the next block."""
+    n_classes = job.w.shape[0]
+    for c0, c1 in rows.blocks(n_classes, math.ceil(n_classes / job.block[1])):
+        block = _view(buf, r1 - r0, c1 - c0)
+        _logits(job, r0, r1, c0, c1, block)
+        yield c0, c1, block, job.mats.ce_view(block[-1])
+
+
 def _class_blocks(job: Job, r0: int, r1: int, buf: Any, want_grad: bool, grads) -> Any:
     """One block of rows, its classes in blocks: statistics merged, then each block's
     gradient from its logits computed again."""
     p, mats, opts = job.p, job.mats, job.p.opts
-    n_classes = job.w.shape[0]
-    spans = rows.blocks(n_classes, math.ceil(n_classes / job.block[1]))
     ctx = job.ctx.rows(r0, r1)
     target = p.target[r0:r1]
     stats_of, grad_of = _kernel_pair(job)
     sem = opts.semantics
     stats, maxima, nan_loss = None, [], None
-    for c0, c1 in spans:
-        block = _view(buf, r1 - r0, c1 - c0)
-        _logits(job, r0, r1, c0, c1, block)
-        xb = mats.ce_view(block[-1])
+    for c0, c1, _, xb in logit_blocks(job, r0, r1, buf):
         tb, wb = _class_slice(p, target, c0, c1)
         if sem.nan_zero_log_zero:
             part = _loss_quirk_part(job, xb, tb, ctx, c0, c1, wb)
@@ -351,10 +357,7 @@ def _class_blocks(job: Job, r0: int, r1: int, buf: Any, want_grad: bool, grads) 
         x2 = p.xp.stack(maxima, axis=1) if maxima else xb[:, :1]
         pb = _block_problem(p, x2, target, p.weight)
         nan_grad = _run._quirky_grad(pb, ctx, job.total, p.xp.zeros_like(x2[:, :1]))
-    for c0, c1 in spans:
-        block = _view(buf, r1 - r0, c1 - c0)
-        _logits(job, r0, r1, c0, c1, block)
-        xb = mats.ce_view(block[-1])
+    for c0, c1, block, xb in logit_blocks(job, r0, r1, buf):
         tb, wb = _class_slice(p, target, c0, c1)
         with _quiet():
             g = grad_of(xb, tb, c0, stats, scale, opts, ctx, weight=wb, out=xb)

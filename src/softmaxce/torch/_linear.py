@@ -112,13 +112,35 @@ def _device_problem(n, n_classes, dtype, target, weight, opts):
     return problem_of(stand_in, t, opts, axis=1, weight=weight)
 
 
+def blocked_job(p, input, w, b, chunk: int, kernel: str, host: bool) -> _linear.Job:
+    """The blocked pass over the rows of 2-D ``input`` and the classes of ``w`` (the problem
+    ``p`` of its (N, V) stand-in logits): the operands, their products and the block shape
+    of the memory rule (``chunk``: logits per block, 0 for the rule)."""
+    n, n_classes = input.shape[0], w.shape[0]
+    acc = _acc(input.dtype)
+    mats = TorchMats(input.dtype, acc, input.device, host)
+    block_bytes = acc.itemsize + (0 if input.dtype == acc else input.dtype.itemsize)
+    budget = _linear.block_budget(n, n_classes, input.dtype.itemsize, block_bytes, chunk or None)
+    h = input.detach().contiguous()
+    wc = w.detach().contiguous()
+    bc = None if b is None else b.detach().to(acc if input.dtype != acc else b.dtype)
+    return _linear.Job(p, h, wc, bc, mats, kernel, _linear.block_shape(n, n_classes, budget))
+
+
+def new_grads(input, w, b) -> tuple:
+    """``(dinput, dW, db or None)`` for the blocked pass to fill, in the accumulation dtype
+    (empty: the first row block writes, the others add; zeros when there is no row)."""
+    new = {"device": input.device, "dtype": _acc(input.dtype)}
+    make = torch.empty if input.shape[0] else torch.zeros
+    db = None if b is None else make(b.shape, **new)
+    return make(input.shape, **new), make(w.shape, **new), db
+
+
 def run(input, w, b, target, weight, dloss, opts: LossOptions, chunk: int, kernel: str,
         want_grad: bool):  # fmt: skip
     """``(loss, dinput, dW, db)`` of 2-D ``input`` (empty gradients without ``want_grad``;
     ``db`` empty without a bias); ``kernel`` "core" runs the core on the tensors."""
-    n, d = input.shape
-    n_classes = w.shape[0]
-    acc = _acc(input.dtype)
+    n, n_classes = input.shape[0], w.shape[0]
     host = kernel != "core" and input.device.type == "cpu"
     if host:
         p = _host_problem(n, n_classes, input.dtype, target, weight, opts)
@@ -126,23 +148,8 @@ def run(input, w, b, target, weight, dloss, opts: LossOptions, chunk: int, kerne
     else:
         p = _device_problem(n, n_classes, input.dtype, target, weight, opts)
         dl = dloss
-    mats = TorchMats(input.dtype, acc, input.device, host)
-    block_bytes = acc.itemsize + (0 if input.dtype == acc else input.dtype.itemsize)
-    budget = _linear.block_budget(n, n_classes, input.dtype.itemsize, block_bytes, chunk or None)
-    h = input.detach().contiguous()
-    wc = w.detach().contiguous()
-    bc = None if b is None else b.detach().to(acc if input.dtype != acc else b.dtype)
-    job = _linear.Job(p, h, wc, bc, mats, "auto" if kernel == "core" else kernel,
-                      _linear.block_shape(n, n_classes, budget))  # fmt: skip
-    grads = None
-    if want_grad:
-        new = {"device": input.device, "dtype": acc}
-        make = torch.empty if n else torch.zeros  # (the first row block writes, the others add)
-        grads = (
-            make((n, d), **new),
-            make(w.shape, **new),
-            None if b is None else make(b.shape, **new),
-        )
+    job = blocked_job(p, input, w, b, chunk, "auto" if kernel == "core" else kernel, host)
+    grads = new_grads(input, w, b) if want_grad else None
     loss = _linear.run_blocks(job, want_grad=want_grad, dloss=dl, grads=grads)
     loss = torch.as_tensor(np.asarray(loss)) if host else loss
     loss = loss.to(device=input.device, dtype=input.dtype)
@@ -232,8 +239,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         return dh, dw, (db if b is not None else None), None, None, None, None, None
 
 
-def _check_operands(input: Any, w: Any, b: Any) -> None:
-    """The shapes, dtypes and devices of the linear layer's operands."""
+def check_operands(input: Any, w: Any, b: Any, *, batch_dims: bool = False) -> None:
+    """The shapes, dtypes and devices of the linear layer's operands; ``input`` is ``(N, D)``
+    or ``(D,)``, or with ``batch_dims`` any ``(..., D)``."""
     for name, t in (("input", input), ("linear_weight", w), ("linear_bias", b)):
         if t is None and name == "linear_bias":
             continue
@@ -241,9 +249,9 @@ def _check_operands(input: Any, w: Any, b: Any) -> None:
             what = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
             msg = f"{name} must be a float torch.Tensor, got {what}"
             raise TypeError(msg)
-    if input.dim() not in (1, 2):
-        shape = tuple(input.shape)
-        msg = f"input must be (N, D) or (D,) (as F.linear_cross_entropy), got shape {shape}"
+    if input.dim() == 0 or (input.dim() > 2 and not batch_dims):
+        want = "(..., D)" if batch_dims else "(N, D) or (D,) (as F.linear_cross_entropy)"
+        msg = f"input must be {want}, got shape {tuple(input.shape)}"
         raise ValueError(msg)
     d = input.shape[-1]
     if w.dim() != 2 or w.shape[1] != d or w.shape[0] == 0:
@@ -307,7 +315,7 @@ def linear_cross_entropy(
     tensor([[-0.0777,  0.2888],
             [-0.2342, -0.0317]])
     """
-    _check_operands(input, linear_weight, linear_bias)
+    check_operands(input, linear_weight, linear_bias)
     unbatched = input.dim() == 1
     x = input.unsqueeze(0) if unbatched else input
     t = target.unsqueeze(0) if unbatched and isinstance(target, torch.Tensor) else target
