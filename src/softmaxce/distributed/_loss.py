@@ -22,6 +22,7 @@ The packed columns (:func:`layout`), each one float of the accumulation dtype pe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -55,6 +56,12 @@ class State(NamedTuple):
     stats: rows.RowStats  # merged over every rank
     nan_rows: torch.Tensor | None  # rows whose gradient is NaN by the semantics, or None
 
+    def rows(self, r0: int, r1: int) -> State:
+        """The state of the rows ``[r0, r1)`` (a block of rows)."""
+        nan = None if self.nan_rows is None else self.nan_rows[r0:r1]
+        stats = rows.RowStats(*(a[r0:r1] for a in self.stats))
+        return State(self.ctx.rows(r0, r1), self.total, stats, nan)
+
 
 def problem(x: torch.Tensor, target: torch.Tensor, weight: Any, opts: LossOptions) -> Problem:
     """The core's problem of this rank's checked, batched slice (class dim 1)."""
@@ -81,9 +88,8 @@ def _np(a: torch.Tensor | None) -> np.ndarray | None:
     return None if a is None else a.detach().numpy()
 
 
-def _local_stats(p: Problem, ctx: rows.RowContext, plan: Plan) -> rows.RowStats:
-    """The statistics of this rank's slice of the classes."""
-    off, k = plan.shard.offset, plan.kernels
+def _local_stats(p: Problem, ctx: rows.RowContext, off: int, k: ModuleType | None):
+    """The :class:`~softmaxce._core.rows.RowStats` of the classes ``[off, off + width)``."""
     if k is None:
         return rows.row_stats(p.x2, p.target, off, p.opts, ctx, weight=p.weight)
     np_ctx = rows.RowContext(_np(ctx.keep), _np(ctx.spread))
@@ -121,32 +127,45 @@ def _zero_log_zero(p: Problem, ctx: rows.RowContext, offset: int) -> torch.Tenso
     return quirks.zero_log_zero_rows(x, t, p.opts, ctx, weight=w)
 
 
-def _columns(p: Problem, ctx: rows.RowContext, plan: Plan, names: tuple[str, ...]):
-    """The packed ``(N, k)`` tensor of this rank, columns ``names``, in ``acc``."""
+def columns(p: Problem, ctx: rows.RowContext, names: tuple[str, ...], offset: int,
+            kernels: ModuleType | None) -> torch.Tensor:  # fmt: skip
+    """The packed ``(N, k)`` columns ``names`` (in ``acc``) of the logits ``p.x2``, the
+    classes ``[offset, offset + width)``: this rank's slice, or a block of it."""
     acc = acc_dtype(namespace(p.x2), p.x2.dtype)
-    stats = _local_stats(p, ctx, plan)
+    stats = _local_stats(p, ctx, offset, kernels)
     cols = dict(zip(rows.RowStats._fields, stats, strict=True))
     if "ymass" in names:
-        cols["ymass"] = _target_mass(p, ctx, plan.shard.offset, acc)
+        cols["ymass"] = _target_mass(p, ctx, offset, acc)
     if "zlz" in names:
-        cols["zlz"] = _zero_log_zero(p, ctx, plan.shard.offset)
+        cols["zlz"] = _zero_log_zero(p, ctx, offset)
     if "top" in names:
         cols["top"] = torch.amax(p.x2, dim=1)
     return torch.stack([cols[name].to(acc) for name in names], dim=1)
 
 
-def _merged(every: torch.Tensor, names: tuple[str, ...]) -> rows.RowStats:
-    """The row statistics of all ranks, merged in rank order (the same on every rank)."""
-    n_stats = 6 if "kl" in names else 5  # (m, ties, rest, mass, tz[, kl]) come first
-    zero = (torch.zeros_like(every[0, :, 0]),) if n_stats == 5 else ()
+def _n_stats(names: tuple[str, ...]) -> int:
+    return 6 if "kl" in names else 5  # (m, ties, rest, mass, tz[, kl]) come first
 
-    def stats_of(r: int) -> rows.RowStats:
-        return rows.RowStats(*every[r, :, :n_stats].unbind(1), *zero)
 
-    merged = stats_of(0)
-    for r in range(1, every.shape[0]):
-        merged = rows.merge(merged, stats_of(r))
-    return merged
+def _stats(packed: torch.Tensor, names: tuple[str, ...]) -> rows.RowStats:
+    """The :class:`~softmaxce._core.rows.RowStats` of packed columns (``kl`` 0 without it)."""
+    n = _n_stats(names)
+    zero = (torch.zeros_like(packed[:, 0]),) if n == 5 else ()
+    return rows.RowStats(*packed[:, :n].unbind(1), *zero)
+
+
+def fold(a: torch.Tensor, b: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+    """The packed columns of two disjoint sets of classes of the same rows, combined: the
+    statistics by the core's ``merge``, ``ymass`` and ``zlz`` added, ``top`` the larger
+    (NaN propagating). Folding ranks' columns in rank order gives every rank the same bits;
+    it folds the blocks of classes of the fused linear loss the same way."""
+    n = _n_stats(names)
+    merged = rows.merge(_stats(a, names), _stats(b, names))[:n]
+    rest = [
+        (torch.maximum if name == "top" else torch.add)(a[:, j], b[:, j])
+        for j, name in enumerate(names[n:], n)
+    ]
+    return torch.stack([*merged, *rest], dim=1)
 
 
 def _denominator(p: Problem, ctx: rows.RowContext, ymass: torch.Tensor | None):
@@ -162,57 +181,85 @@ def _denominator(p: Problem, ctx: rows.RowContext, ymass: torch.Tensor | None):
     return reduce.denominator(p.target, None, ctx, sem.mean_by(p.soft), sem.empty, n_batch, wide)
 
 
-def forward(p: Problem, plan: Plan) -> tuple[torch.Tensor, State]:
-    """The loss of the full logits (the same on every rank), and the state of the backward."""
+Local = Callable[[rows.RowContext, tuple[str, ...]], torch.Tensor]
+
+
+def forward(p: Problem, plan: Plan, local: Local | None = None) -> tuple[torch.Tensor, State]:
+    """The loss of the full logits (the same on every rank), and the state of the backward.
+
+    ``local(ctx, names)``: this rank's packed columns, where they are not those of the logits
+    ``p.x2`` (the fused linear loss, whose ``p.x2`` is a stand-in, computes them by blocks).
+    """
     opts = p.opts
     ctx = rows.row_context(p.x2, p.target, plan.shard.n_classes, opts)
     names = layout(opts, p.soft, p.weight is not None)
-    every = gather_rows(_columns(p, ctx, plan, names), plan.group, plan.shard.world_size)
-    stats = _merged(every, names)
+    if local is None:
+        mine = columns(p, ctx, names, plan.shard.offset, plan.kernels)
+    else:
+        mine = local(ctx, names)
+    every = gather_rows(mine, plan.group, plan.shard.world_size)
+    folded = every[0]
+    for r in range(1, plan.shard.world_size):  # (in rank order: the same bits on every rank)
+        folded = fold(folded, every[r], names)
     wide = wide_dtype(namespace(p.x2), p.x2.dtype)
 
-    def summed(name: str) -> torch.Tensor | None:
-        return every[:, :, names.index(name)].to(wide).sum(0) if name in names else None
+    def column(name: str) -> torch.Tensor | None:
+        return folded[:, names.index(name)].to(wide) if name in names else None
 
-    loss_rows = rows.row_loss(stats, opts, ctx)
-    zlz = summed("zlz")
+    loss_rows = rows.row_loss(_stats(folded, names), opts, ctx)
+    zlz = column("zlz")
     if zlz is not None:
         loss_rows = torch.where(zlz > 0, math.nan, loss_rows)
-    total = _denominator(p, ctx, summed("ymass"))
-    nan_rows = None
-    if "top" in names:
-        nan_rows = quirks.nonfinite_rows(every[:, :, names.index("top")].T)
+    total = _denominator(p, ctx, column("ymass"))
+    top = column("top")
+    nan_rows = None if top is None else quirks.nonfinite_rows(top[:, None])
     loss = reduce.reduce(loss_rows, opts.reduction, total)
     if opts.reduction == "none":
         loss = loss.reshape(p.batch_shape)
-    return loss.to(p.x.dtype), State(ctx, total, stats, nan_rows)
+    return loss.to(p.x.dtype), State(ctx, total, _stats(folded, names), nan_rows)
+
+
+def row_scale(p: Problem, state: State, grad_output: torch.Tensor) -> torch.Tensor:
+    """The gradient's multiplier of each row (shape (N,), or () for every row)."""
+    wide = wide_dtype(namespace(p.x2), p.x2.dtype)
+    n = p.x2.shape[0]
+    return reduce.row_scale(grad_output.to(wide), p.opts.reduction, state.total, n)
 
 
 def grad(p: Problem, state: State, plan: Plan, grad_output: torch.Tensor) -> torch.Tensor:
     """``grad_output * d loss / d x`` of this rank's slice, in the layout of ``p.x``. In place
     (``plan.inplace``) it is the input itself, holding the gradient."""
-    opts, ctx = p.opts, state.ctx
-    n = p.x2.shape[0]
-    wide = wide_dtype(namespace(p.x2), p.x2.dtype)
-    scale = reduce.row_scale(grad_output.to(wide), opts.reduction, state.total, n)
+    scale = row_scale(p, state, grad_output)
     # (the rows of a 2-D input are its own storage: in place needs it contiguous; the rows of
     # an N-D input are a copy. No data_ptr: torch.compile cannot trace it)
     rows_are_x = p.x.dim() == 2
-    g = _rows_grad(p, state, plan, scale, in_place=plan.inplace and rows_are_x)
-    if state.total is not None:  # W == 0: exactly 0, even over NaN logits
-        ok = (state.total != 0) & (state.total == state.total)
-        g.masked_fill_(~ok, 0.0)
-        if opts.semantics.nan_zero_mass_grad and not p.soft:
-            g.masked_fill_((ctx.keep & ~ok)[:, None], math.nan)
-    if state.nan_rows is not None:
-        g.masked_fill_(state.nan_rows[:, None], math.nan)
+    in_place = plan.inplace and rows_are_x
+    g = rows_grad(p, state, plan.shard.offset, plan.kernels, scale, in_place=in_place)
     g = p.to_layout(g)
     return p.x.copy_(g) if plan.inplace and not rows_are_x else g
 
 
-def _rows_grad(p: Problem, state: State, plan: Plan, scale, *, in_place: bool) -> torch.Tensor:
-    """The (N, V_local) gradient rows in the logits' dtype; ``in_place``: into ``p.x2``."""
-    off, k, opts, ctx = plan.shard.offset, plan.kernels, p.opts, state.ctx
+def rows_grad(p: Problem, state: State, offset: int, kernels: ModuleType | None, scale, *,
+              in_place: bool) -> torch.Tensor:  # fmt: skip
+    """The gradient rows of the logits ``p.x2`` (N, width), the classes ``[offset, offset +
+    width)``, in their dtype (``in_place``: into ``p.x2``), from the merged statistics
+    ``state`` of the same rows, with the semantics' rules: exactly 0 when the mean's ``W``
+    counts nothing, NaN on the rows the semantics makes NaN."""
+    g = _rows_grad(p, state, offset, kernels, scale, in_place=in_place)
+    if state.total is not None:  # W == 0: exactly 0, even over NaN logits
+        ok = (state.total != 0) & (state.total == state.total)
+        g.masked_fill_(~ok, 0.0)
+        if p.opts.semantics.nan_zero_mass_grad and not p.soft:
+            g.masked_fill_((state.ctx.keep & ~ok)[:, None], math.nan)
+    if state.nan_rows is not None:
+        g.masked_fill_(state.nan_rows[:, None], math.nan)
+    return g
+
+
+def _rows_grad(p: Problem, state: State, off: int, k: ModuleType | None, scale, *,
+               in_place: bool) -> torch.Tensor:  # fmt: skip
+    """The rows' gradient by the core or its numba twin (``k``), before the rules."""
+    opts, ctx = p.opts, state.ctx
     if k is None:
         g = rows.row_grad(p.x2, p.target, off, state.stats, scale, opts, ctx, weight=p.weight)
         return p.x2.copy_(g) if in_place else g.to(p.x2.dtype)
