@@ -45,10 +45,11 @@ from .. import _dispatch
 from .. import _validate as v
 from .._problem import readable
 from ..torch._checks import _disjoint, check_call
-from . import _loss
+from ..torch._linear import check_operands
+from . import _linear, _loss
 from ._shard import resolve_group, shard
 
-__all__ = ["vocab_parallel_cross_entropy"]
+__all__ = ["vocab_parallel_cross_entropy", "vocab_parallel_linear_cross_entropy"]
 
 BACKENDS = ("auto", "numba", "core")
 
@@ -115,14 +116,14 @@ def vocab_parallel_cross_entropy(
     opts = call.opts
     if v.soft_target_loss(soft_target_loss) == "kl-divergence":
         opts = dataclasses.replace(opts, kl=True)
-    _no_grad_of(target, weight)
+    _no_grad_of(target, weight, "vocab_parallel_cross_entropy", "the input")
     g = resolve_group(group)
     unbatched = input.dim() == 1
     x = input.unsqueeze(0) if unbatched else input
     t = target.unsqueeze(0) if unbatched else target
     mine = shard(g, x.shape[1], x.device)
     _check_values(x, t, weight, opts, mine.n_classes)
-    kernels = _kernels(x, v.choice(backend, BACKENDS, "backend"))
+    kernels = _kernels(x.device, x.dtype, v.choice(backend, BACKENDS, "backend"))
     if inplace_backward and kernels is not None:
         _disjoint(input, target, weight)
     plan = _loss.Plan(opts, mine, g, kernels, inplace_backward)
@@ -133,13 +134,114 @@ def vocab_parallel_cross_entropy(
     return loss.squeeze(0) if unbatched and opts.reduction == "none" else loss
 
 
-def _no_grad_of(target: torch.Tensor, weight: torch.Tensor | None) -> None:
+def vocab_parallel_linear_cross_entropy(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias: torch.Tensor | None = None,
+    group: Any = None,
+    weight: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    soft_target_loss: str = "cross-entropy",
+    semantics: str = "softmaxce",
+    chunk_size: int | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    r"""Fused linear + softmax cross-entropy with the weight's rows (the classes) split across
+    the ranks of ``group``: the loss of the full logits ``input @ W.T + b`` on every rank,
+    never holding more than a block of this rank's logits.
+
+    ``linear_weight`` is this rank's rows ``[offset_r, offset_r + V_r)`` of ``W`` ``(V, D)``
+    (``torch.nn.Linear``'s layout; contiguous slices in rank order, uneven allowed),
+    ``linear_bias`` and the class ``weight`` its slices ``(V_r,)``. ``input`` ``(..., D)`` must be
+    the same on every rank (as the input of a column-parallel layer in tensor parallelism);
+    ``target``: global class indices ``(...)``, the same on every rank, or this rank's slice
+    ``(..., V_r)`` of a float (probability) target. Every rank gets the same loss, bit for bit,
+    equal up to float rounding to ``softmaxce.torch.linear_cross_entropy`` of the concatenated
+    weight and bias (same options; N-D inputs as their ``(N, D)`` rows, the loss of
+    ``"none"`` of shape ``input.shape[:-1]``).
+
+    .. math::
+        z_{ic} = x_i \cdot W_c + b_c, \qquad
+        \mathrm{lse}(z_i) = \log \textstyle\sum_r \sum_{c \in r} e^{z_{ic}}, \qquad
+        L_i = \sum_c w_c q_{ic} (\mathrm{lse}(z_i) - z_{ic}) + \zeta\,\mathrm{lse}(z_i)^2
+
+    Forward: this rank's logits a block at a time (``chunk_size`` logits per block, None: the
+    memory rule of ``softmaxce.torch.linear_cross_entropy`` on ``N x V_r``), each block reduced
+    to the core's row statistics and merged, then what :func:`vocab_parallel_cross_entropy`
+    does: ONE all-gather of the packed per-row statistics (20 bytes per row per rank by
+    default; ``docs/distributed.md``) and the merge in rank order. Backward: the blocks' logits
+    again, their gradient ``G_r`` from the merged statistics, ``dW_r = G_r^T x`` and
+    ``db_r = sum_i G_r`` (this rank's slices, no communication) and the partial
+    ``dinput = G_r W_r``, which ONE all-reduce sums over the ranks (``N x D`` numbers in the
+    accumulation dtype: float32, float64 for float64), so that every rank's ``input.grad`` is
+    the full gradient. ``grad_output`` must be the same on every rank.
+
+    Gradients reach ``input``, ``linear_weight`` and ``linear_bias`` (a ``target`` or class
+    ``weight`` that requires grad is refused); no double backward. ``backend``: ``"auto"``
+    (the numba twin of the row contract on CPU tensors where it can run, else the core),
+    ``"numba"`` or ``"core"``. Under ``torch.compile`` the core runs, and the collectives are
+    traced (``docs/distributed.md``). A runnable example needs several processes, so it is
+    not here: ``torchrun --nproc-per-node 2 examples/vocab_parallel.py`` runs one.
+    """
+    check_operands(input, linear_weight, linear_bias, batch_dims=True)
+    v_r = linear_weight.shape[0]
+    x, t = _as_rows(input, target, v_r)
+    stand_in = torch.empty((), dtype=x.dtype, device=x.device).expand(x.shape[0], v_r)
+    call = check_call(
+        stand_in, t, weight, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+        inplace_backward=False, semantics=semantics, backend="core",
+    )  # fmt: skip
+    opts = call.opts
+    if v.soft_target_loss(soft_target_loss) == "kl-divergence":
+        opts = dataclasses.replace(opts, kl=True)
+    _no_grad_of(target, weight, "vocab_parallel_linear_cross_entropy", "the linear layer")
+    g = resolve_group(group)
+    mine = shard(g, v_r, x.device)
+    _check_values(stand_in, t, weight, opts, mine.n_classes)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # (the blocks' dtype)
+    kernels = _kernels(x.device, acc, v.choice(backend, BACKENDS, "backend"))
+    lp = _linear.plan_of(_loss.Plan(opts, mine, g, kernels, False), chunk_size)
+    if t.is_floating_point() and t.dtype == torch.bfloat16 and kernels is not None:
+        t = t.float()  # (NumPy, which the kernels read, has no bfloat16)
+    if weight is not None and kernels is not None:
+        weight = weight.to(acc)
+    operands = (linear_weight, linear_bias)
+    if torch.is_grad_enabled() and any(o is not None and o.requires_grad for o in (x, *operands)):
+        loss = VocabParallelLinearCrossEntropy.apply(x, linear_weight, linear_bias, t, weight, lp)
+    else:
+        loss = _linear.forward(x, linear_weight, linear_bias, t, weight, lp)[0]
+    return loss.reshape(input.shape[:-1]) if opts.reduction == "none" else loss
+
+
+def _as_rows(input: torch.Tensor, target: Any, v_r: int) -> tuple[torch.Tensor, Any]:
+    """``input (..., D)`` and its target as rows: ``(N, D)``, and ``(N,)`` or ``(N, V_r)``."""
+    x = input.reshape(-1, input.shape[-1])
+    if not isinstance(target, torch.Tensor):
+        return x, target  # (check_call names it)
+    soft = target.is_floating_point()
+    batch = tuple(input.shape[:-1])
+    want = (*batch, v_r) if soft else batch
+    if tuple(target.shape) != want:
+        what = "a float (probability) target" if soft else "integer class indices"
+        msg = (
+            f"target: {what} of an input of shape {tuple(input.shape)} and a linear_weight "
+            f"of {v_r} rows must have shape {want}, got {tuple(target.shape)}"
+        )
+        raise ValueError(msg)
+    return x, target.reshape(-1, v_r) if soft else target.reshape(-1)
+
+
+def _no_grad_of(target: torch.Tensor, weight: torch.Tensor | None, fn: str, what: str) -> None:
     for name, t in (("target", target), ("weight", weight)):
         if t is not None and t.requires_grad and torch.is_grad_enabled():
-            msg = (
-                f"{name} requires grad, but vocab_parallel_cross_entropy differentiates the "
-                f"input only; detach the {name}"
-            )
+            msg = f"{name} requires grad, but {fn} differentiates {what} only; detach the {name}"
             raise ValueError(msg)
 
 
@@ -154,16 +256,17 @@ def _check_values(x, target, weight, opts, n_classes: int) -> None:
         v.class_weight(host, x.shape[1], allow_negative=opts.semantics.negative_weight)
 
 
-def _kernels(x: torch.Tensor, backend: str):
-    """The numba twin of the row contract (``softmaxce._numba``), or None for the core."""
+def _kernels(device: torch.device, dtype: torch.dtype, backend: str):
+    """The numba twin of the row contract (``softmaxce._numba``) for logits of ``dtype`` on
+    ``device``, or None for the core."""
     if backend == "core":
         return None
-    fits = x.device.type == "cpu" and x.dtype != torch.bfloat16
+    fits = device.type == "cpu" and dtype != torch.bfloat16
     if not fits or torch.compiler.is_compiling():
         if backend == "numba":
             msg = (
                 f"backend='numba' runs on float16/float32/float64 CPU tensors outside "
-                f"torch.compile, got {x.dtype} on {x.device}; use 'auto' or 'core'"
+                f"torch.compile, got {dtype} on {device}; use 'auto' or 'core'"
             )
             raise ValueError(msg)
         return None
@@ -212,3 +315,31 @@ class VocabParallelCrossEntropy(torch.autograd.Function):
 
 def _flat(state: _loss.State) -> tuple:
     return (state.ctx.keep, state.ctx.spread, *state.stats)
+
+
+class VocabParallelLinearCrossEntropy(torch.autograd.Function):
+    """Forward: the blocked local statistics, the one all-gather, the merged loss. Backward:
+    the blocks again, this rank's ``dW`` and ``db``, and one all-reduce of ``dinput``."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, target, weight, lp):
+        loss, state = _linear.forward(x, w, b, target, weight, lp)
+        ctx.lp = lp
+        ctx.save_for_backward(x, w, b, target, weight, state.total, state.nan_rows, *_flat(state))
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        x, w, b, target, weight, total, nan_rows, keep, spread, *stats = ctx.saved_tensors
+        state = _loss.State(
+            _loss.rows.RowContext(keep, spread), total, _loss.rows.RowStats(*stats), nan_rows
+        )
+        dx, dw, db = _linear.backward(
+            x, w, b, target, weight, ctx.lp, state, grad_output, ctx.needs_input_grad[0]
+        )
+        need = ctx.needs_input_grad
+        return (
+            dx if need[0] else None, dw if need[1] else None, db if need[2] else None,
+            None, None, None,
+        )  # fmt: skip

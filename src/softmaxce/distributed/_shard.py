@@ -4,7 +4,8 @@ The slices of the classes are contiguous and in rank order: rank ``r`` holds cla
 ``[offset_r, offset_r + V_r)`` with ``offset_r = V_0 + ... + V_{r-1}``. The sizes ``V_r``
 are gathered once per process group and local size (:func:`shard`: one all-gather of one
 integer per rank, a host read of ``P`` numbers) and kept; every later call of the loss costs
-exactly one collective, :func:`gather_rows`.
+exactly one collective, :func:`gather_rows` (and the backward of the linear loss one more,
+:func:`sum_over_ranks`).
 """
 
 from __future__ import annotations
@@ -91,3 +92,10 @@ def gather_rows(packed: torch.Tensor, group: Any, world_size: int) -> torch.Tens
     out = torch.empty((world_size * n, k), dtype=packed.dtype, device=packed.device)
     _ALL_GATHER(out, packed.contiguous(), group=group)
     return out.view(world_size, n, k)
+
+
+def sum_over_ranks(t: torch.Tensor, group: Any) -> torch.Tensor:
+    """``t`` summed over the ranks of ``group``, in place (an all-reduce): the one collective
+    of the linear loss's backward (its partial input gradients)."""
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
