@@ -11,6 +11,7 @@ every rank got the same loss bit for bit. A hang fails the test after :data:`TIM
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -20,6 +21,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -131,16 +133,17 @@ def _reference(case, x, t, w):
     return loss, xr
 
 
-def _close(got: torch.Tensor, want: torch.Tensor, dtype, what: str) -> None:
+def _close(got: torch.Tensor, want: torch.Tensor, dtype, what: str, scale: float = 1.0) -> None:
     """``got`` (the case's dtype) against the float64 ``want``: NaN and infinities where they
-    are, else within a few ulps of the dtype (relative to the largest magnitude, for sums)."""
+    are, else within a few ulps of the dtype relative to the largest magnitude (for sums), or
+    to ``scale`` where that is larger (the magnitude of the terms of a product)."""
     got, want = got.detach().double(), want.detach()
     ok = want.isfinite()
     if not torch.equal(got[~ok].nan_to_num(), want[~ok].nan_to_num()) or not torch.equal(
         got.isnan(), want.isnan()
     ):
         raise AssertionError(f"{what}: NaN or inf at other places\n got {got}\nwant {want}")
-    scale = max(1.0, float(want[ok].abs().max())) if ok.any() else 1.0
+    scale = max(scale, float(want[ok].abs().max())) if ok.any() else scale
     tol = (16 if dtype in (torch.float16, torch.bfloat16) else 64) * EPS[dtype] * scale
     err = float((got[ok] - want[ok]).abs().max()) if ok.any() else 0.0
     if not err <= tol:
@@ -227,7 +230,20 @@ def _block_numba() -> None:
         sys.modules[name] = None  # type: ignore[assignment]
 
 
-def _worker(rank: int, world: int, folder: str) -> None:
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    """What the ranks of one spawn run: ``run_case(name, case, rank, sizes)`` for each case
+    (raising on a mismatch), then ``count(rank, sizes)``, the collectives it reports; a case
+    named in ``only_world`` runs with that world size only. Picklable: the functions are
+    found by name in a rank."""
+
+    cases: dict[str, dict[str, Any]]
+    run_case: Callable[[str, dict[str, Any], int, tuple[int, ...]], None]
+    count: Callable[[int, tuple[int, ...]], dict[str, int]]
+    only_world: dict[str, int]
+
+
+def _worker(rank: int, world: int, folder: str, suite: Suite) -> None:
     _block_numba()
     warnings.simplefilter("error")  # (as the suite's filterwarnings; a child has its own)
     torch.set_num_threads(1)
@@ -241,24 +257,24 @@ def _worker(rank: int, world: int, folder: str) -> None:
     sizes = SIZES[world]
     report: dict[str, Any] = {}
     out = pathlib.Path(folder, f"rank{rank}.json")
-    for name, case in CASES.items():
-        if ONLY_WORLD.get(name, world) != world:
+    for name, case in suite.cases.items():
+        if suite.only_world.get(name, world) != world:
             continue
         report[name] = "crashed in this case"
         out.write_text(json.dumps(report))  # (what ran so far, should this rank die)
         try:
-            _run_case(name, case, rank, sizes)
+            suite.run_case(name, case, rank, sizes)
             report[name] = ""
         except Exception:  # (reported to the parent, case by case)
             report[name] = traceback.format_exc()
-    report["collectives"] = _count_collectives(rank, sizes)
+    report["collectives"] = suite.count(rank, sizes)
     out.write_text(json.dumps(report))
     dist.destroy_process_group()
 
 
-def _spawn(world: int, folder: pathlib.Path) -> list[dict[str, Any]]:
+def _spawn(world: int, folder: pathlib.Path, suite: Suite) -> list[dict[str, Any]]:
     ctx = mp.start_processes(
-        _worker, args=(world, str(folder)), nprocs=world, join=False, start_method="spawn"
+        _worker, args=(world, str(folder), suite), nprocs=world, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + TIMEOUT_S
     try:
@@ -277,21 +293,29 @@ def _read(path: pathlib.Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+PLAIN = Suite(CASES, _run_case, _count_collectives, ONLY_WORLD)
+
+
 @pytest.fixture(scope="module", params=sorted(SIZES))
 def reports(request, tmp_path_factory) -> tuple[int, list[dict[str, Any]]]:
     world = request.param
-    return world, _spawn(world, tmp_path_factory.mktemp(f"world{world}"))
+    return world, _spawn(world, tmp_path_factory.mktemp(f"world{world}"), PLAIN)
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_matches_single_process_loss_and_gradient_slices(reports, name):
+def check_case(reports, name: str, only_world: dict[str, int]) -> None:
+    """Fail with every rank's report of case ``name`` where it failed."""
     world, every = reports
-    if ONLY_WORLD.get(name, world) != world:
-        pytest.skip(f"runs with world size {ONLY_WORLD[name]} only")
+    if only_world.get(name, world) != world:
+        pytest.skip(f"runs with world size {only_world[name]} only")
     failed = {r: rep[name] for r, rep in enumerate(every) if rep[name]}
     assert not failed, f"world size {world}, case {name}:\n" + "\n".join(
         f"rank {r}: {msg}" for r, msg in failed.items()
     )
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_single_process_loss_and_gradient_slices(reports, name):
+    check_case(reports, name, ONLY_WORLD)
 
 
 def test_forward_is_one_collective_and_backward_none(reports):
