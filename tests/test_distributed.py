@@ -133,10 +133,12 @@ def _reference(case, x, t, w):
     return loss, xr
 
 
-def _close(got: torch.Tensor, want: torch.Tensor, dtype, what: str, scale: float = 1.0) -> None:
+def _close(got: torch.Tensor, want: torch.Tensor, dtype, what: str, scale: float = 1.0,
+           ulps: float | None = None) -> None:  # fmt: skip
     """``got`` (the case's dtype) against the float64 ``want``: NaN and infinities where they
-    are, else within a few ulps of the dtype relative to the largest magnitude (for sums), or
-    to ``scale`` where that is larger (the magnitude of the terms of a product)."""
+    are, else within ``ulps`` of the dtype (16 for float16/bfloat16, 64 else) relative to the
+    largest magnitude (for sums), or to ``scale`` where that is larger (an error bound in
+    units of the dtype's epsilon, e.g. the magnitude of the terms of a product)."""
     got, want = got.detach().double(), want.detach()
     ok = want.isfinite()
     if not torch.equal(got[~ok].nan_to_num(), want[~ok].nan_to_num()) or not torch.equal(
@@ -144,7 +146,9 @@ def _close(got: torch.Tensor, want: torch.Tensor, dtype, what: str, scale: float
     ):
         raise AssertionError(f"{what}: NaN or inf at other places\n got {got}\nwant {want}")
     scale = max(scale, float(want[ok].abs().max())) if ok.any() else scale
-    tol = (16 if dtype in (torch.float16, torch.bfloat16) else 64) * EPS[dtype] * scale
+    if ulps is None:
+        ulps = 16 if dtype in (torch.float16, torch.bfloat16) else 64
+    tol = ulps * EPS[dtype] * scale
     err = float((got[ok] - want[ok]).abs().max()) if ok.any() else 0.0
     if not err <= tol:
         raise AssertionError(f"{what}: error {err:.3g} > {tol:.3g}\n got {got}\nwant {want}")
