@@ -386,3 +386,31 @@ def test_unbatched_input_gives_the_single_process_loss(group_of_one):
         (want_grad,) = torch.autograd.grad(want, x)
         torch.testing.assert_close(loss, want, rtol=1e-13, atol=1e-13)
         torch.testing.assert_close(grad, want_grad, rtol=1e-13, atol=1e-13)
+
+
+def test_bfloat16_class_weights_are_checked_on_the_host(group_of_one):
+    # (NumPy has no bfloat16: the check of the weights' values read them through a copy)
+    x = torch.randn(4, 3, dtype=torch.bfloat16, requires_grad=True)
+    t = torch.tensor([0, 2, 1, 2])
+    w = torch.tensor([1.0, 0.5, 2.0], dtype=torch.bfloat16)
+    loss = vocab_parallel_cross_entropy(x, t, weight=w)
+    want = sct.cross_entropy(x.double(), t, w.double())
+    torch.testing.assert_close(loss.double(), want, rtol=2.0**-7, atol=2.0**-7)
+    with pytest.raises(ValueError, match="weight"):
+        vocab_parallel_cross_entropy(x, t, weight=torch.tensor([1.0, -1.0, 1.0]).bfloat16())
+
+
+def test_bfloat16_weight_and_target_with_float32_logits(group_of_one):
+    # (the numba twin reads them through NumPy, which has no bfloat16)
+    x = torch.randn(4, 3, dtype=torch.float64).float().requires_grad_()
+    w = torch.tensor([1.0, 0.5, 2.0]).bfloat16()
+    q = torch.softmax(torch.randn(4, 3), 1).bfloat16()
+    for t in (torch.tensor([0, 2, 1, 2]), q):
+        loss = vocab_parallel_cross_entropy(x, t, weight=w, label_smoothing=0.1)
+        (grad,) = torch.autograd.grad(loss, x)
+        xr = x.detach().double().requires_grad_()
+        want = sct.cross_entropy(xr, t.double() if t.is_floating_point() else t, w.double(),
+                                 label_smoothing=0.1)  # fmt: skip
+        (want_grad,) = torch.autograd.grad(want, xr)
+        torch.testing.assert_close(loss.double(), want, rtol=2.0**-20, atol=2.0**-20)
+        torch.testing.assert_close(grad.double(), want_grad, rtol=2.0**-20, atol=2.0**-20)

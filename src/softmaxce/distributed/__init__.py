@@ -208,10 +208,6 @@ def vocab_parallel_linear_cross_entropy(
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # (the blocks' dtype)
     kernels = _kernels(x.device, acc, v.choice(backend, BACKENDS, "backend"))
     lp = _linear.plan_of(_loss.Plan(opts, mine, g, kernels, False), chunk_size)
-    if t.is_floating_point() and t.dtype == torch.bfloat16 and kernels is not None:
-        t = t.float()  # (NumPy, which the kernels read, has no bfloat16)
-    if weight is not None and kernels is not None:
-        weight = weight.to(acc)
     operands = (linear_weight, linear_bias)
     if torch.is_grad_enabled() and any(o is not None and o.requires_grad for o in (x, *operands)):
         loss = VocabParallelLinearCrossEntropy.apply(x, linear_weight, linear_bias, t, weight, lp)
@@ -252,7 +248,7 @@ def _check_values(x, target, weight, opts, n_classes: int) -> None:
     if not target.is_floating_point() and readable(target):
         v.check_labels(v.to_host(target), n_classes, opts.ignore_index, "target")
     if weight is not None and readable(weight):
-        host = v.to_host(weight.detach()).astype("float64")
+        host = v.to_host(weight.detach().double())  # (NumPy has no bfloat16)
         v.class_weight(host, x.shape[1], allow_negative=opts.semantics.negative_weight)
 
 

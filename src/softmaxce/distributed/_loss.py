@@ -85,7 +85,11 @@ def layout(opts: LossOptions, soft: bool, weighted: bool) -> tuple[str, ...]:
 
 
 def _np(a: torch.Tensor | None) -> np.ndarray | None:
-    return None if a is None else a.detach().numpy()
+    """The NumPy view of a CPU tensor for the numba twin (a float32 copy of a bfloat16 one:
+    NumPy has no bfloat16; the logits never are, ``_kernels`` sends those to the core)."""
+    if a is None:
+        return None
+    return (a.detach().float() if a.dtype == torch.bfloat16 else a.detach()).numpy()
 
 
 def _local_stats(p: Problem, ctx: rows.RowContext, off: int, k: ModuleType | None):
