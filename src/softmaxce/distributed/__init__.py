@@ -6,9 +6,13 @@ When a model's output layer is split by classes across processes (tensor paralle
 the core's mergeable row statistics (``docs/distributed.md``): each rank reduces its slice to
 a few numbers per row, one all-gather exchanges them, each rank merges them in rank order, and
 the gradient of each slice needs nothing from the other ranks.
+:func:`vocab_parallel_linear_cross_entropy` is the fused linear + cross-entropy of an output
+layer split by its weight's rows: the same statistics from this rank's logits computed a
+block at a time, the same all-gather, and one all-reduce of the input's gradient backward.
 
-Files: ``_shard`` (the split of the classes, the collective), ``_loss`` (the loss and the
-gradient on the core's row contract), this module (validation and autograd).
+Files: ``_shard`` (the split of the classes, the collectives), ``_loss`` (the loss and the
+gradient on the core's row contract), ``_linear`` (the blocked pass of the linear loss), this
+module (validation and autograd).
 
 One process holding every class (a group of one) is the plain loss:
 

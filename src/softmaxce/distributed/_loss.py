@@ -3,9 +3,11 @@
 Forward, on every rank: the :class:`~softmaxce._core.rows.RowStats` of the local slice of the
 classes (the core on the tensors, or its numba twin on CPU tensors), packed with the few other
 per-row sums the loss needs into one ``(N, k)`` tensor, exchanged by ONE all-gather, folded
-with the core's ``merge`` in rank order (so every rank computes the same loss, bit for bit),
-then the core's ``row_loss`` and reduction. Backward: the core's ``row_grad`` of the local
-slice from the merged statistics; no communication.
+(:func:`fold`: the core's ``merge``) in rank order (so every rank computes the same loss, bit
+for bit), then the core's ``row_loss`` and reduction. Backward: the core's ``row_grad`` of
+the local slice from the merged statistics; no communication. The linear loss
+(``_linear``) computes the packed columns of its slice from blocks of classes, folded the
+same way, and the gradient of each block with :func:`rows_grad`.
 
 The packed columns (:func:`layout`), each one float of the accumulation dtype per row:
 
