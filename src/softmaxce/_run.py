@@ -1,4 +1,4 @@
-"""Running a validated :class:`~softmaxce._problem.Problem`: the one path of every fused loss.
+"""Running a validated ``softmaxce._problem.Problem``: the one path of every fused loss.
 
 Public functions, ops objects, compat modes and front ends all end here: the row context and
 the mean's denominator from the core, the rows by the numba kernel (NumPy arrays, when
@@ -126,7 +126,7 @@ def _meets_non_finite(p: Problem) -> bool:
     """Whether NumPy steps of this problem outside the rows may meet inf or NaN (weights,
     ``where``, a probability target, a framework's NaN quirks), so that NumPy's warnings
     must be off. Index targets without them need only integer comparisons and counts; the
-    rows and the sum quiet themselves (:func:`_numpy_rows`, :func:`_row_sum`)."""
+    rows and the sum quiet themselves (``_numpy_rows``, ``_row_sum``)."""
     sem = p.opts.semantics
     quirks = sem.nan_zero_log_zero or sem.nan_zero_mass_grad or sem.nan_nonfinite_row_grad
     return bool(quirks) or p.weight is not None or p.where is not None or p.soft
@@ -142,7 +142,7 @@ def _unit_weights(p: Problem) -> Problem:
     ``z_loss`` may then exceed the float32 range: its terms are formed in float64. With
     "sum" and "none" the losses are proportional to the weights, and nothing is scaled.
     Weights of other libraries are scaled where their values can be read without a device
-    synchronisation (:func:`~softmaxce._problem.readable`: on the CPU, not traced); elsewhere
+    synchronisation (``softmaxce._problem.readable``: on the CPU, not traced); elsewhere
     they are used as given.
     """
     sem, w = p.opts.semantics, p.weight
@@ -170,7 +170,7 @@ def _unit_weights(p: Problem) -> Problem:
 
 def _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype):
     """The one path; ``numpy``: W, the row scale and the reduced loss are Python floats
-    (``reduce.FLOATS``) and the rows come from :func:`_numpy_rows`."""
+    (``reduce.FLOATS``) and the rows come from ``_numpy_rows``."""
     if p.weight is not None:
         p = _unit_weights(p)
     sem, masked = p.opts.semantics, p.where is not None
@@ -347,14 +347,14 @@ def core_state(p: Problem) -> CoreState:
 
 
 def core_loss(p: Problem, state: CoreState) -> Any:
-    """The loss of ``p`` from its :func:`core_state` (quirks and reduction included)."""
+    """The loss of ``p`` from its ``core_state`` (quirks and reduction included)."""
     loss_rows = _quirky_loss(p, state.ctx, rows.row_loss(state.stats, p.opts, state.ctx))
     return _output(p, reduce.reduce(loss_rows, p.opts.reduction, state.total))
 
 
 def core_grad(p: Problem, state: CoreState, dloss: Any = None, grad_dtype: Any = None) -> Array:
-    """``dloss * d loss / d logits`` of ``p`` from its :func:`core_state`, in the logits'
-    layout; the same as :func:`run`'s gradient on the core."""
+    """``dloss * d loss / d logits`` of ``p`` from its ``core_state``, in the logits'
+    layout; the same as ``run``'s gradient on the core."""
     n = p.x2.shape[0]
     wide = wide_dtype(p.xp, p.x2.dtype)
     scale = reduce.row_scale(_dloss(p, dloss, wide), p.opts.reduction, state.total, n)

@@ -2,7 +2,7 @@ r"""Vocabulary-parallel softmax cross-entropy on ``torch.distributed``.
 
 When a model's output layer is split by classes across processes (tensor parallelism), rank
 ``r`` holds the logits of the classes ``[offset_r, offset_r + V_r)`` only.
-:func:`vocab_parallel_cross_entropy` gives the loss of the *full* logits on every rank, with
+``vocab_parallel_cross_entropy`` gives the loss of the *full* logits on every rank, with
 the core's mergeable row statistics (``docs/distributed.md``): each rank reduces its slice to
 a few numbers per row, one all-gather exchanges them, each rank merges them in rank order, and
 the gradient of each slice needs nothing from the other ranks.

@@ -1,13 +1,13 @@
 """The vocabulary-parallel loss on the core's row contract (``docs/internals.md``).
 
-Forward, on every rank: the :class:`~softmaxce._core.rows.RowStats` of the local slice of the
+Forward, on every rank: the ``softmaxce._core.rows.RowStats`` of the local slice of the
 classes (the core on the tensors, or its numba twin on CPU tensors), packed with the few other
 per-row sums the loss needs into one ``(N, k)`` tensor, exchanged by ONE all-gather, folded
 with the core's ``merge`` in rank order (so every rank computes the same loss, bit for bit),
 then the core's ``row_loss`` and reduction. Backward: the core's ``row_grad`` of the local
 slice from the merged statistics; no communication.
 
-The packed columns (:func:`layout`), each one float of the accumulation dtype per row:
+The packed columns (``layout``), each one float of the accumulation dtype per row:
 
 * ``m, ties, rest, mass, tz``: the row statistics; ``kl`` with the KL divergence;
 * ``ymass``: the row's weighted target mass before smoothing, ``sum_c w_c y_ic`` over the
