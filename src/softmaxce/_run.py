@@ -9,6 +9,7 @@ for them, then the reduction and the layout of the gradient.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -17,7 +18,7 @@ import numpy as np
 from . import _dispatch
 from . import _validate as v
 from ._core import probs, quirks, reduce, rows
-from ._core._xp import Array, device, wide_dtype
+from ._core._xp import Array, device, is_jax, wide_dtype
 from ._problem import Problem, as_array, readable
 
 _ERRSTATE = {"divide": "ignore", "invalid": "ignore", "over": "ignore", "under": "ignore"}
@@ -116,10 +117,56 @@ def run(
     logits and returns them; ``grad_dtype`` overrides the gradient's dtype.
     """
     numpy = p.numpy
+    if is_jax(p.xp):
+        return _run_jax(p, want_grad, dloss, grad_dtype)
     if not numpy or _meets_non_finite(p):  # (array-api-strict computes with NumPy underneath)
         with np.errstate(**_ERRSTATE):
             return _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype)
     return _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype)
+
+
+class _JaxStatic(NamedTuple):
+    """What a JAX problem's compiled path is specialised on (besides the arrays' types)."""
+
+    xp: Any
+    axis: int
+    batch_shape: tuple[int, ...]
+    opts: Any
+    want_grad: bool
+    grad_dtype: Any
+
+
+def _run_jax(p: Problem, want_grad: bool, dloss: Any, grad_dtype: Any) -> tuple[Any, Any]:
+    """The one path on JAX arrays, compiled as one ``jax.jit`` computation.
+
+    Run operation by operation, JAX compiles each of the core's ~60 operations for every new
+    shape and dtype (seconds, and ~100 MB of executables, per new shape); compiled whole, it is
+    one executable, and a call at a known shape one dispatch. What reads values is done before
+    tracing: the weights' power-of-two scale (``_unit_weights``) and the checks of ``dloss``
+    (in the loss's wide dtype, as the uncompiled path). Under a caller's own ``jax.jit`` this
+    one is inlined.
+    """
+    if p.weight is not None:
+        p = _unit_weights(p)  # (inside the trace the weights are not readable: not rescaled)
+    if want_grad and dloss is not None:
+        dloss = _dloss(p, dloss, wide_dtype(p.xp, p.x2.dtype))
+    static = _JaxStatic(p.xp, p.axis, p.batch_shape, p.opts, want_grad, grad_dtype)
+    return _jax_compiled()(static, (p.x, p.x2, p.target, p.weight, p.where, dloss))
+
+
+@functools.cache
+def _jax_compiled() -> Any:
+    import jax
+
+    def traced(static: _JaxStatic, arrays: tuple) -> tuple[Any, Any]:
+        x, x2, target, weight, where, dloss = arrays
+        p = Problem(
+            xp=static.xp, x=x, axis=static.axis, x2=x2, target=target, weight=weight,
+            where=where, batch_shape=static.batch_shape, opts=static.opts,
+        )  # fmt: skip
+        return _run(p, False, static.want_grad, dloss, False, "numpy", static.grad_dtype)
+
+    return jax.jit(traced, static_argnums=0)
 
 
 def _meets_non_finite(p: Problem) -> bool:
