@@ -38,12 +38,13 @@ docs: $(VENV)/.installed-test
 # the build: mkdocs.yml's `validation`; never with --quiet, which hides the warnings from
 # --strict and lets a broken build pass), then the suite twice: as installed, then as without
 # numba (conftest.py: SOFTMAXCE_BLOCK_NUMBA), where "auto" must fall back to the NumPy core and
-# the kernel tests skip (about a minute).
+# the kernel tests skip. Each pass runs in a few pytest processes in turn
+# (scripts/run_tests.py), so that what one group compiles does not stay in memory for the next.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(MKDOCS) build --strict
-	$(BIN)/python -m pytest
-	SOFTMAXCE_BLOCK_NUMBA=1 $(BIN)/python -m pytest -q
+	$(BIN)/python scripts/run_tests.py
+	SOFTMAXCE_BLOCK_NUMBA=1 $(BIN)/python scripts/run_tests.py -q
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

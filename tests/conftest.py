@@ -212,13 +212,14 @@ def impl(request) -> Impl:
     return _MAKE[name]() if name in _MAKE else _numpy(name)
 
 
-# Memory. JAX compiles each operation it runs eagerly once per shape and dtype and keeps the
-# executables (here about 100 MB per new shape of a fused loss with its gradient), so the
-# suite's many shapes grew the process by GBs. When the resident set has grown by more than
-# JAX_CLEAR_MIB since the last clearing, JAX's caches are cleared and the freed memory is
-# handed back to the system (glibc's malloc_trim); what JAX recompiles afterwards costs time
-# only. (numba's compiled kernels cannot be released: they stay, about 4 MB per variant.)
-JAX_CLEAR_MIB = 500
+# Memory. JAX keeps what it compiles: one executable per shape and dtype of each jitted loss
+# (softmaxce._run compiles the loss as one computation) and of each operation run eagerly (the
+# softmax family, the tests' own), so the suite's many shapes grow the process. When the
+# resident set has grown by more than JAX_CLEAR_MIB since the last clearing, JAX's caches are
+# cleared and the freed memory is handed back to the system (glibc's malloc_trim); what JAX
+# recompiles afterwards costs time only. (numba's compiled kernels cannot be released: they
+# stay, about 4 MB per variant; scripts/run_tests.py runs the suite in a few processes.)
+JAX_CLEAR_MIB = 300
 _rss_at_clear: list[float] = []
 
 

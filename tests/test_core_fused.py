@@ -8,6 +8,7 @@ soft_target_loss, dloss None / scalar / per position) in float16, float32 and fl
 from __future__ import annotations
 
 import dataclasses
+import logging
 import zlib
 
 import numpy as np
@@ -696,6 +697,37 @@ def test_jax_core_traces_under_jit_and_grad(case):
     np.testing.assert_allclose(jax.grad(f)(xj, tj, arrays), fused, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(jax.jit(jax.grad(f))(xj, tj, arrays), fused, rtol=1e-12,
                                atol=1e-14)
+
+
+def test_jax_arrays_run_the_loss_as_one_compiled_computation():
+    """Eagerly, JAX compiled each of the core's ~60 operations for every new shape (seconds
+    and ~100 MB of executables per shape); the one path now runs as one ``jax.jit``
+    computation: a new shape costs a handful of compilations, not dozens."""
+    jax = pytest.importorskip("jax")
+    jnp = pytest.importorskip("jax.numpy")
+    compiled = []
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Compiling"):
+                compiled.append(record.getMessage())
+
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(7, 13)).astype(np.float32))
+    t = jnp.asarray(np.arange(7) % 13)
+    logger, handler = logging.getLogger("jax"), Count()
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles():
+            loss, g = sc.softmax_cross_entropy_with_grad(x, t, label_smoothing=0.1, z_loss=1e-3)
+    finally:
+        logger.removeHandler(handler)
+    assert len(compiled) <= 5, compiled
+    ref_loss, ref_g = sc.softmax_cross_entropy_with_grad(
+        np.asarray(x), np.asarray(t), label_smoothing=0.1, z_loss=1e-3, backend="numpy"
+    )
+    tol = 8 * np.finfo(np.float32).eps
+    np.testing.assert_allclose(np.asarray(loss), ref_loss, rtol=tol)
+    np.testing.assert_allclose(np.asarray(g), ref_g, rtol=tol, atol=tol * np.abs(ref_g).max())
 
 
 # --- regressions of the core on other array libraries ----------------------------------------

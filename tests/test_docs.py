@@ -40,6 +40,20 @@ def test_no_text_refers_to_a_file_outside_the_repository():
     assert not hits, "\n".join(hits)
 
 
+# a Sphinx role (``:func:`x```): the site renders docstrings as Markdown, where it shows literally
+SPHINX_ROLE = re.compile(r":(func|mod|class|meth|data|attr|obj|math|exc|ref):`")
+
+
+def test_docstrings_use_no_sphinx_roles_the_site_would_show_literally():
+    hits = [
+        f"{path.relative_to(ROOT)}:{k}: {line.strip()}"
+        for path in tracked("src/*.py")
+        for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if SPHINX_ROLE.search(line)
+    ]
+    assert not hits, "\n".join(hits)
+
+
 def test_markdown_links_reach_files_of_the_repository():
     broken = []
     for page in tracked("*.md"):

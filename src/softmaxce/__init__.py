@@ -2,7 +2,7 @@
 
 Exact (every framework's options, stable for any logits), composable (softmax and its
 vector-Jacobian product without any loss, cross-entropy on probabilities, the fused op,
-forward/backward objects in :mod:`softmaxce.ops`) and fast (fused kernels that read the logits
+forward/backward objects in ``softmaxce.ops``) and fast (fused kernels that read the logits
 once and can write the gradient in place).
 
 >>> import numpy as np, softmaxce

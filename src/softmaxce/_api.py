@@ -190,7 +190,7 @@ def softmax_jacobian(y: Any, /, *, axis: int = -1) -> np.ndarray:
 
     The result has shape ``y.shape + (C,)``: entry ``[..., i, ..., j]`` (``i`` at ``axis``,
     ``j`` the new last axis) is ``d y_i / d x_j = y_i (delta_ij - y_j)``. Prefer
-    :func:`softmax_vjp`, which costs O(C) per row instead of O(C^2).
+    ``softmax_vjp``, which costs O(C) per row instead of O(C^2).
 
     Examples
     --------
@@ -313,7 +313,7 @@ def softmax_cross_entropy_with_grad(
     soft_target_loss: str = "cross-entropy",
     backend: str = "auto",
 ) -> tuple[Any, np.ndarray]:
-    r"""The loss of :func:`softmax_cross_entropy` and its gradient, in one fused pass.
+    r"""The loss of ``softmax_cross_entropy`` and its gradient, in one fused pass.
 
     Returns ``(loss, dlogits)`` with ``dlogits = dloss * d loss / d logits``; ``dloss`` is the
     upstream gradient (None means 1): a scalar for ``"sum"``/``"mean"``, an array of the loss's
@@ -377,9 +377,9 @@ def cross_entropy(
 
     .. math:: L_i = -v_i \sum_c w_c\, y_{ic} \log p_{ic}
 
-    with the reductions and the mean denominator ``W`` of :func:`softmax_cross_entropy`.
+    with the reductions and the mean denominator ``W`` of ``softmax_cross_entropy``.
     Terms with ``y_ic = 0`` are 0 even where ``p_ic = 0``. To train, prefer the fused
-    :func:`softmax_cross_entropy`, which never takes the log of a rounded probability.
+    ``softmax_cross_entropy``, which never takes the log of a rounded probability.
 
     Examples
     --------
@@ -403,7 +403,7 @@ def cross_entropy_vjp(
     ignore_index: int = -100,
     reduction: str = "mean",
 ) -> np.ndarray:
-    r"""Gradient of :func:`cross_entropy` with respect to ``probs``, times ``dloss``.
+    r"""Gradient of ``cross_entropy`` with respect to ``probs``, times ``dloss``.
 
     .. math:: \frac{\partial L}{\partial p_{ic}} = -\,r_i\, \frac{w_c\, y_{ic}}{p_{ic}}
 
@@ -483,7 +483,7 @@ def gradcheck(
 ) -> bool:
     r"""Does ``grad(x)``, a claimed gradient of the scalar ``f``, match finite differences?
 
-    Compares with :func:`numerical_gradient` as ``numpy.allclose(grad(x), numeric, rtol,
+    Compares with ``numerical_gradient`` as ``numpy.allclose(grad(x), numeric, rtol,
     atol)``. ``rtol`` and ``atol`` must be finite and >= 0, ``eps`` finite and > 0.
 
     Examples

@@ -2,7 +2,7 @@
 
 It answers the question people ask when they write their own framework: *how do I
 backpropagate through softmax?* Every layer is an object with ``forward`` and ``backward``; the
-loss is :class:`softmaxce.ops.SoftmaxCrossEntropy`, whose backward gives ``dL/dlogits``
+loss is ``softmaxce.ops.SoftmaxCrossEntropy``, whose backward gives ``dL/dlogits``
 directly (``p - q``, scaled), so the network never needs the softmax Jacobian.
 """
 

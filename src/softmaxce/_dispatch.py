@@ -13,7 +13,7 @@ through ``auto``, 22 us for the formula, 140 us on the core; softmax 7 us agains
 price is paid once per process, by the first call that needs a kernel: importing numba (about
 0.25 s) and loading the compiled variant from numba's disk cache (about 0.5 s in all; a
 variant not yet in the cache compiles once per install, 2 to 4 s). The same rule picks the
-kernels of softmax, log_softmax and logsumexp (:func:`rows_kernels`). A loss call that must
+kernels of softmax, log_softmax and logsumexp (``rows_kernels``). A loss call that must
 never import numba passes ``backend="numpy"``.
 """
 
@@ -35,7 +35,7 @@ _loaded: ModuleType | None = None
 
 
 def numba_kernels() -> ModuleType | None:
-    """The numba kernel package, or None when it cannot be loaded (:func:`unavailable` says why).
+    """The numba kernel package, or None when it cannot be loaded (``unavailable`` says why).
 
     An ``ImportError`` (numba not installed, ``NUMBA_DISABLE_JIT=1``) is quiet; any other
     failure of the import (numba installed but broken) warns once.
@@ -70,7 +70,7 @@ def loaded() -> ModuleType | None:
 
 
 def unavailable() -> str:
-    """Why ``backend="numba"`` cannot run here (call after :func:`numba_kernels` gave None)."""
+    """Why ``backend="numba"`` cannot run here (call after ``numba_kernels`` gave None)."""
     return _unavailable or "numba is not installed (pip install 'softmaxce[numba]')"
 
 

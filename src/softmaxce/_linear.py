@@ -174,8 +174,8 @@ class Job:
     platform's tensors for the core on a device. ``h`` (N, D), ``w`` (V, D), ``b`` (V,) or None:
     the operands of the products, in ``mats``'s arrays (``NumpyMats`` or
     ``softmaxce.torch._linear.TorchMats``). ``backend``: the row kernel (``_dispatch``);
-    ``block``: ``(rows, classes)`` of a block (:func:`block_shape`). ``ctx``, ``total``,
-    ``scale``: the row context, the mean's ``W`` and the row scale, set by :func:`run_blocks`.
+    ``block``: ``(rows, classes)`` of a block (``block_shape``). ``ctx``, ``total``,
+    ``scale``: the row context, the mean's ``W`` and the row scale, set by ``run_blocks``.
     """
 
     p: Problem
@@ -544,7 +544,7 @@ def linear_cross_entropy(
     product), within float rounding; see that function for the formula, the mean's denominator
     and the options. ``chunk_size``: the logits a block holds (rows x classes); None follows the
     memory rule of ``docs/linear.md`` (a block is at most 9.5% of the N x V logits, or 4 MiB).
-    ``backend``: the row kernel, as for :func:`softmax_cross_entropy`.
+    ``backend``: the row kernel, as for ``softmax_cross_entropy``.
 
     The products run in float32 (float64 when an operand is float64): a float16 operand is
     converted first (NumPy has no float16 BLAS).
@@ -585,12 +585,12 @@ def linear_cross_entropy_with_grad(
     chunk_size: int | None = None,
     backend: str = "auto",
 ) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray | None]:
-    r"""The loss of :func:`linear_cross_entropy` and its three gradients, in one blocked pass.
+    r"""The loss of ``linear_cross_entropy`` and its three gradients, in one blocked pass.
 
     Returns ``(loss, dinput, dlinear_weight, dlinear_bias or None)``, each ``dloss`` times the
     derivative of the loss (``dloss``: None means 1; a scalar for ``"sum"``/``"mean"``, an
     array of the loss's shape for ``"none"``). With ``G = dloss * d loss / d logits`` (see
-    :func:`softmax_cross_entropy_with_grad`), ``dinput = G @ linear_weight``,
+    ``softmax_cross_entropy_with_grad``), ``dinput = G @ linear_weight``,
     ``dlinear_weight = G.T @ input`` and ``dlinear_bias = G.sum(0)`` (over every row), each
     accumulated block by block in float32 (float64 for float64 operands) and returned in the
     dtype of its operand. No input is modified.

@@ -13,8 +13,8 @@ from ._semantics import SOFTMAXCE, TABLE, Semantics
 class LossOptions:
     """Validated scalar options of a softmax cross-entropy (arrays travel separately).
 
-    Build it with :func:`loss_options` (which validates); kernels and custom ops receive it
-    through :meth:`flat` / :meth:`from_flat`, never as loose positional tuples.
+    Build it with ``loss_options`` (which validates); kernels and custom ops receive it
+    through ``flat`` / ``from_flat``, never as loose positional tuples.
     """
 
     reduction: str = "mean"
@@ -26,7 +26,7 @@ class LossOptions:
     semantics: Semantics = field(default=SOFTMAXCE)
 
     def flat(self) -> tuple[str, int, float, float, float | None, bool, str]:
-        """The options as typed scalars, in :data:`FLAT_FIELDS` order (for custom ops)."""
+        """The options as typed scalars, in ``FLAT_FIELDS`` order (for custom ops)."""
         return (
             self.reduction,
             self.ignore_index,
@@ -48,7 +48,7 @@ class LossOptions:
         kl: bool,
         semantics: str,
     ) -> LossOptions:
-        """The inverse of :meth:`flat` (no validation: the values came from one)."""
+        """The inverse of ``flat`` (no validation: the values came from one)."""
         return cls(reduction, ignore_index, label_smoothing, z_loss, softcap, kl, TABLE[semantics])
 
 

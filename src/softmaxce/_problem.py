@@ -226,7 +226,7 @@ def problem_of(
     weight: Array | None = None,
     where: Array | None = None,
 ) -> Problem:
-    """The :class:`Problem` of arrays already validated (by :func:`prepare`, or by a compat
+    """The ``Problem`` of arrays already validated (by ``prepare``, or by a compat
     mode's own checks under its framework's names): flattened to (N, C) rows, checking nothing.
 
     ``x``: float logits of any library; ``axis`` in ``[0, x.ndim)``; ``target``: integer
@@ -273,7 +273,7 @@ def _softcap_fits(xp: Any, dtype: Any, cap: float | None) -> None:
 
 
 def _prepare_numpy(xp, x, target, opts, axis, weight, where, name) -> Problem:
-    """:func:`prepare` for NumPy: the same checks, the fast way."""
+    """``prepare`` for NumPy: the same checks, the fast way."""
     if opts.softcap is not None:
         v.softcap(opts.softcap, x.dtype)
     ax = v.class_axis(axis, x.ndim, array=name)

@@ -1,4 +1,4 @@
-"""Running a validated :class:`~softmaxce._problem.Problem`: the one path of every fused loss.
+"""Running a validated ``softmaxce._problem.Problem``: the one path of every fused loss.
 
 Public functions, ops objects, compat modes and front ends all end here: the row context and
 the mean's denominator from the core, the rows by the numba kernel (NumPy arrays, when
@@ -9,6 +9,7 @@ for them, then the reduction and the layout of the gradient.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -17,7 +18,7 @@ import numpy as np
 from . import _dispatch
 from . import _validate as v
 from ._core import probs, quirks, reduce, rows
-from ._core._xp import Array, device, wide_dtype
+from ._core._xp import Array, device, is_jax, wide_dtype
 from ._problem import Problem, as_array, readable
 
 _ERRSTATE = {"divide": "ignore", "invalid": "ignore", "over": "ignore", "under": "ignore"}
@@ -116,17 +117,63 @@ def run(
     logits and returns them; ``grad_dtype`` overrides the gradient's dtype.
     """
     numpy = p.numpy
+    if is_jax(p.xp):
+        return _run_jax(p, want_grad, dloss, grad_dtype)
     if not numpy or _meets_non_finite(p):  # (array-api-strict computes with NumPy underneath)
         with np.errstate(**_ERRSTATE):
             return _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype)
     return _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype)
 
 
+class _JaxStatic(NamedTuple):
+    """What a JAX problem's compiled path is specialised on (besides the arrays' types)."""
+
+    xp: Any
+    axis: int
+    batch_shape: tuple[int, ...]
+    opts: Any
+    want_grad: bool
+    grad_dtype: Any
+
+
+def _run_jax(p: Problem, want_grad: bool, dloss: Any, grad_dtype: Any) -> tuple[Any, Any]:
+    """The one path on JAX arrays, compiled as one ``jax.jit`` computation.
+
+    Run operation by operation, JAX compiles each of the core's ~60 operations for every new
+    shape and dtype (seconds, and ~100 MB of executables, per new shape); compiled whole, it is
+    one executable, and a call at a known shape one dispatch. What reads values is done before
+    tracing: the weights' power-of-two scale (``_unit_weights``) and the checks of ``dloss``
+    (in the loss's wide dtype, as the uncompiled path). Under a caller's own ``jax.jit`` this
+    one is inlined.
+    """
+    if p.weight is not None:
+        p = _unit_weights(p)  # (inside the trace the weights are not readable: not rescaled)
+    if want_grad and dloss is not None:
+        dloss = _dloss(p, dloss, wide_dtype(p.xp, p.x2.dtype))
+    static = _JaxStatic(p.xp, p.axis, p.batch_shape, p.opts, want_grad, grad_dtype)
+    return _jax_compiled()(static, (p.x, p.x2, p.target, p.weight, p.where, dloss))
+
+
+@functools.cache
+def _jax_compiled() -> Any:
+    import jax
+
+    def traced(static: _JaxStatic, arrays: tuple) -> tuple[Any, Any]:
+        x, x2, target, weight, where, dloss = arrays
+        p = Problem(
+            xp=static.xp, x=x, axis=static.axis, x2=x2, target=target, weight=weight,
+            where=where, batch_shape=static.batch_shape, opts=static.opts,
+        )  # fmt: skip
+        return _run(p, False, static.want_grad, dloss, False, "numpy", static.grad_dtype)
+
+    return jax.jit(traced, static_argnums=0)
+
+
 def _meets_non_finite(p: Problem) -> bool:
     """Whether NumPy steps of this problem outside the rows may meet inf or NaN (weights,
     ``where``, a probability target, a framework's NaN quirks), so that NumPy's warnings
     must be off. Index targets without them need only integer comparisons and counts; the
-    rows and the sum quiet themselves (:func:`_numpy_rows`, :func:`_row_sum`)."""
+    rows and the sum quiet themselves (``_numpy_rows``, ``_row_sum``)."""
     sem = p.opts.semantics
     quirks = sem.nan_zero_log_zero or sem.nan_zero_mass_grad or sem.nan_nonfinite_row_grad
     return bool(quirks) or p.weight is not None or p.where is not None or p.soft
@@ -142,7 +189,7 @@ def _unit_weights(p: Problem) -> Problem:
     ``z_loss`` may then exceed the float32 range: its terms are formed in float64. With
     "sum" and "none" the losses are proportional to the weights, and nothing is scaled.
     Weights of other libraries are scaled where their values can be read without a device
-    synchronisation (:func:`~softmaxce._problem.readable`: on the CPU, not traced); elsewhere
+    synchronisation (``softmaxce._problem.readable``: on the CPU, not traced); elsewhere
     they are used as given.
     """
     sem, w = p.opts.semantics, p.weight
@@ -170,7 +217,7 @@ def _unit_weights(p: Problem) -> Problem:
 
 def _run(p, numpy, want_grad, dloss, inplace, backend, grad_dtype):
     """The one path; ``numpy``: W, the row scale and the reduced loss are Python floats
-    (``reduce.FLOATS``) and the rows come from :func:`_numpy_rows`."""
+    (``reduce.FLOATS``) and the rows come from ``_numpy_rows``."""
     if p.weight is not None:
         p = _unit_weights(p)
     sem, masked = p.opts.semantics, p.where is not None
@@ -347,14 +394,14 @@ def core_state(p: Problem) -> CoreState:
 
 
 def core_loss(p: Problem, state: CoreState) -> Any:
-    """The loss of ``p`` from its :func:`core_state` (quirks and reduction included)."""
+    """The loss of ``p`` from its ``core_state`` (quirks and reduction included)."""
     loss_rows = _quirky_loss(p, state.ctx, rows.row_loss(state.stats, p.opts, state.ctx))
     return _output(p, reduce.reduce(loss_rows, p.opts.reduction, state.total))
 
 
 def core_grad(p: Problem, state: CoreState, dloss: Any = None, grad_dtype: Any = None) -> Array:
-    """``dloss * d loss / d logits`` of ``p`` from its :func:`core_state`, in the logits'
-    layout; the same as :func:`run`'s gradient on the core."""
+    """``dloss * d loss / d logits`` of ``p`` from its ``core_state``, in the logits'
+    layout; the same as ``run``'s gradient on the core."""
     n = p.x2.shape[0]
     wide = wide_dtype(p.xp, p.x2.dtype)
     scale = reduce.row_scale(_dloss(p, dloss, wide), p.opts.reduction, state.total, n)

@@ -1,6 +1,6 @@
 """How each framework's softmax cross-entropy differs from softmaxce's: one table, as data.
 
-Every front end and compat mode computes its loss with the core; the rows of :data:`TABLE` say
+Every front end and compat mode computes its loss with the core; the rows of ``TABLE`` say
 what it divides ``"mean"`` by, what an empty denominator gives, whether class weights may be
 negative, which of the framework's NaNs (artefacts of how it forms the loss, not of the
 mathematics) to reproduce, and the few places where a framework's loss is another function of

@@ -231,7 +231,7 @@ def ignore_index(value: Any, name: str = "ignore_index") -> int:
     """``ignore_index`` as the int64 the kernels compare labels with.
 
     Any integer is valid. One outside int64 (``2**63``, the ``uint64`` maximum, ...) can
-    equal no int64 label, so it ignores nothing: it becomes :data:`NO_IGNORE`, as ``-2**63``
+    equal no int64 label, so it ignores nothing: it becomes ``NO_IGNORE``, as ``-2**63``
     itself does.
     """
     if type(value) is not int:  # (an int needs no conversion: the common case, kept cheap)
@@ -317,7 +317,7 @@ def check_labels(
     ignore_name: str = "ignore_index",
 ) -> None:
     """THE label-range check of every front end: each integer label in ``[0, n_classes)`` or
-    equal to ``ignore_index`` (:data:`NO_IGNORE`: nothing is ignored), else a ValueError
+    equal to ``ignore_index`` (``NO_IGNORE``: nothing is ignored), else a ValueError
     naming ``name``, the first bad label and its position.
 
     ``t`` is a NumPy array, or an array of another library whose values can be read without a
@@ -466,7 +466,7 @@ SCALAR_OPTIONS: dict[str, Callable[[Any], Any]] = {
 
 def options(opts: dict[str, Any], allowed: Iterable[str], owner: str) -> None:
     """Keyword options given to ``owner``: known names, and valid values where that does not
-    depend on the arrays (see :data:`SCALAR_OPTIONS`)."""
+    depend on the arrays (see ``SCALAR_OPTIONS``)."""
     allowed = sorted(allowed)
     unknown = sorted(set(opts) - set(allowed))
     if unknown:

@@ -10,9 +10,9 @@ cross-entropy ``L = -sum_c q_c log p_c``, the chain rule through the softmax Jac
 .. math:: \frac{\partial L}{\partial z} = J^T \Bigl(-\frac{q}{p}\Bigr)
           = -q + p \sum_c q_c ,
 
-which is ``p - q`` when ``q`` sums to 1. :class:`SoftmaxCrossEntropy` computes that directly,
+which is ``p - q`` when ``q`` sums to 1. ``SoftmaxCrossEntropy`` computes that directly,
 in one pass and without dividing by probabilities that may have underflowed to 0; chaining
-:class:`Softmax` and :class:`CrossEntropy` gives the same gradient (up to rounding) where the
+``Softmax`` and ``CrossEntropy`` gives the same gradient (up to rounding) where the
 probabilities are not tiny.
 
 Examples
@@ -51,7 +51,7 @@ def _saved(obj: Any, value: Any) -> Any:
 
 
 class Softmax:
-    """``y = softmax(x)`` along ``axis``; backward is :func:`softmaxce.softmax_vjp` (keeps y)."""
+    """``y = softmax(x)`` along ``axis``; backward is ``softmaxce.softmax_vjp`` (keeps y)."""
 
     def __init__(self, axis: int = -1) -> None:
         v.options({"axis": axis}, ("axis",), "Softmax")
@@ -67,7 +67,7 @@ class Softmax:
 
 
 class LogSoftmax:
-    """``logp = log_softmax(x)``; backward is :func:`softmaxce.log_softmax_vjp` (keeps logp)."""
+    """``logp = log_softmax(x)``; backward is ``softmaxce.log_softmax_vjp`` (keeps logp)."""
 
     def __init__(self, axis: int = -1) -> None:
         v.options({"axis": axis}, ("axis",), "LogSoftmax")
@@ -83,9 +83,9 @@ class LogSoftmax:
 
 
 class CrossEntropy:
-    """Cross-entropy on probabilities (:func:`softmaxce.cross_entropy`); keeps probs, target.
+    """Cross-entropy on probabilities (``softmaxce.cross_entropy``); keeps probs, target.
 
-    ``backward(dloss=None)`` returns d loss / d probs (:func:`softmaxce.cross_entropy_vjp`).
+    ``backward(dloss=None)`` returns d loss / d probs (``softmaxce.cross_entropy_vjp``).
     Options: ``axis``, ``weight``, ``ignore_index``, ``reduction``; unknown ones and values
     that are invalid whatever the arrays raise here, not at ``forward``.
     """
@@ -108,12 +108,12 @@ class CrossEntropy:
 
 
 class SoftmaxCrossEntropy:
-    """The fused softmax cross-entropy (:func:`softmaxce.softmax_cross_entropy_with_grad`).
+    """The fused softmax cross-entropy (``softmaxce.softmax_cross_entropy_with_grad``).
 
     ``forward(logits, target)`` computes the loss and, in the same pass, the gradient for
     ``dloss = 1``; it keeps that gradient only (not the logits). ``backward(dloss=None)``
     scales it by ``dloss`` (a scalar, or per position for ``reduction="none"``). Accepts every
-    option of :func:`softmaxce.softmax_cross_entropy`, ``inplace`` and ``backend`` included;
+    option of ``softmaxce.softmax_cross_entropy``, ``inplace`` and ``backend`` included;
     unknown ones and values that are invalid whatever the arrays raise here, not at
     ``forward``, where the options are not validated again.
     """

@@ -2,7 +2,7 @@
 
 The core is written against the Python Array API standard: ``xp`` is the namespace of its
 inputs (NumPy, PyTorch on any device, JAX, CuPy, array-api-strict), found once per call by
-:func:`namespace`. Nothing here writes into an array: JAX arrays are immutable, and autograd
+``namespace``. Nothing here writes into an array: JAX arrays are immutable, and autograd
 must see every step.
 """
 

@@ -1,7 +1,7 @@
 """Cross-entropy on probabilities (not logits): ``L_i = -sum_c w_c y_ic log p_ic``.
 
 For a hand-made framework that chains a softmax node and a loss node; the fused loss in
-:mod:`.rows` is the better choice to train, since it never takes the log of a probability that
+``.rows`` is the better choice to train, since it never takes the log of a probability that
 may have underflowed to 0. Terms with ``y_ic = 0`` are 0 even where ``p_ic = 0``.
 """
 

@@ -1,6 +1,6 @@
 """Where a framework's way of forming the loss gives NaN although the mathematics does not.
 
-These are per-row masks, for the rows of :data:`softmaxce._semantics.TABLE` that reproduce a
+These are per-row masks, for the rows of ``softmaxce._semantics.TABLE`` that reproduce a
 framework exactly; softmaxce's own semantics uses none of them. Nothing here computes a loss.
 """
 

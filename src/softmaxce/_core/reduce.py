@@ -82,7 +82,7 @@ def denominator(
 ) -> Any:
     """``W`` of the mean (a 0-d array of ``dtype``; a Python float with ``floats``, NumPy
     only), after the ``empty`` rule: 1 for ``"one"``, NaN for ``"nan"`` when it is 0;
-    ``"zero"`` leaves 0 (see :func:`reduce`)."""
+    ``"zero"`` leaves 0 (see ``reduce``)."""
     xp = namespace(target, weight)
     if mean_by == "mass" and not (weight is None and target.ndim == 1):
         mass = target_mass(target, weight, ctx, dtype)
@@ -121,7 +121,7 @@ def reduce(loss_rows: Array, reduction: str, total: Any, *, floats: bool = False
 
 def finish(xp: Any, s: Any, reduction: str, total: Any) -> Any:
     """The reduced loss from the sum ``s`` of the rows: ``"sum"``: ``s``; ``"mean"``: ``s /
-    total``, 0 when ``total`` is 0 (see :func:`denominator` for NaN and 1)."""
+    total``, 0 when ``total`` is 0 (see ``denominator`` for NaN and 1)."""
     if reduction == "sum":
         return s
     empty = total == 0

@@ -8,9 +8,9 @@ z-loss) is
           \;[+ \textstyle\sum_c w_c q_{ic} \log q_{ic}]
 
 It needs, besides ``lse``, only sums over the classes. So a block of classes
-``[col_offset, col_offset + width)`` is reduced to per-row statistics (:class:`RowStats`), two
-blocks' statistics combine with :func:`merge` (associative and commutative, exact up to
-rounding), :func:`row_loss` turns merged statistics into the loss, and :func:`row_grad` gives
+``[col_offset, col_offset + width)`` is reduced to per-row statistics (``RowStats``), two
+blocks' statistics combine with ``merge`` (associative and commutative, exact up to
+rounding), ``row_loss`` turns merged statistics into the loss, and ``row_grad`` gives
 the gradient of one block from them. One block holding every class is the plain fused loss;
 blocks of a vocabulary are what a chunked linear + cross-entropy and a vocabulary-parallel loss
 compute; the numba and Triton kernels implement the same four steps.
@@ -18,7 +18,7 @@ compute; the numba and Triton kernels implement the same four steps.
 Statistics of a block (acc dtype, shape (N,)):
 
 * ``m``: the maximum of the allowed ``z`` (``-inf`` when none); ``ref(m)`` is ``m``, or 0
-  where ``m = -inf`` (see :mod:`.softmax`).
+  where ``m = -inf`` (see ``.softmax``).
 * ``ties``, ``rest``: ``sum_c exp(z_c - ref(m))`` split into the entries equal to the maximum
   (each exactly 1) and the others, so that ``log s = log1p((ties - 1) + rest)``.
 * ``mass`` ``S = sum_c w_c q_c`` and ``tz`` ``T = sum_c w_c q_c (z_c - ref(m))``: the loss is
@@ -32,7 +32,7 @@ reference, ``T_b + S_b (ref(m_b) - ref(m))``. ``S`` and ``K`` add.
 
 The smoothing mass ``eps`` spreads over the allowed classes of the *whole* row, so the spread
 ``eps / |A_i|`` is not a statistic of a block: it comes, with the rows that count (not ignored,
-some class allowed), from :func:`row_context`, computed once per problem.
+some class allowed), from ``row_context``, computed once per problem.
 
 Gradient of ``L_i`` with respect to ``z_ic`` (exact also for targets that do not sum to 1):
 ``(S + 2 zeta lse) p_c - w_c q_c``. It is formed as ``(S + 2 zeta lse - w_c q_c) p_c
@@ -41,8 +41,8 @@ Gradient of ``L_i`` with respect to ``z_ic`` (exact also for targets that do not
 the chain rule multiplies by ``1 - tanh(x / cap)**2``, formed as ``4 e / (1 + e)**2`` with
 ``e = exp(-2 |x / cap|)``, which does not cancel for large ``|x / cap|``.
 
-Three flags of ``opts.semantics`` (:mod:`softmaxce._semantics`) make the loss another function
-of the same statistics, so blocks and :func:`merge` are unchanged; each is off in softmaxce's
+Three flags of ``opts.semantics`` (``softmaxce._semantics``) make the loss another function
+of the same statistics, so blocks and ``merge`` are unchanged; each is off in softmaxce's
 own semantics:
 
 * ``kl_eps``: ``K = sum_c w_c q_c log(q_c + kl_eps)`` (Chainer's ``log(t + 1e-7)``).
@@ -89,7 +89,7 @@ class RowContext(NamedTuple):
 def row_context(
     x: Array, target: Array, n_classes: int, opts: Any, where: Array | None = None
 ) -> RowContext:
-    """The :class:`RowContext` of (N, C) logits ``x`` (or a block of them: only its dtype,
+    """The ``RowContext`` of (N, C) logits ``x`` (or a block of them: only its dtype,
     namespace and N are used) with ``n_classes`` classes in all and the full ``where``."""
     xp = namespace(x, target, where)
     n = x.shape[0]
@@ -133,7 +133,7 @@ def _masked_z(xp, x, acc, opts, where):
 
 
 def _identity(xp: Any, n: int, acc: Any, device: Any) -> RowStats:
-    """The statistics of an empty block: the neutral element of :func:`merge`."""
+    """The statistics of an empty block: the neutral element of ``merge``."""
     zero = xp.zeros((n,), dtype=acc, device=device)
     return RowStats(xp.full((n,), NEG_INF, dtype=acc, device=device), zero, zero, zero, zero, zero)
 
@@ -239,7 +239,7 @@ def row_stats(
 
     ``target``: (N,) global class indices, or this block's (N, width) slice of a probability
     target; ``weight``, ``where``: this block's slices (or None); ``ctx`` from
-    :func:`row_context`. ``opts`` supplies ``ignore_index``, ``label_smoothing``,
+    ``row_context``. ``opts`` supplies ``ignore_index``, ``label_smoothing``,
     ``softcap`` and ``kl``.
     """
     xp = namespace(x, target, weight, where)
@@ -347,7 +347,7 @@ def row_grad(
 ) -> Array:
     """``row_scale_i * dL_i / dx_ic`` for the block ``x`` (N, width), from the *merged*
     statistics of the whole rows; accumulation dtype, 0 on rows that do not count and on
-    masked classes. Arguments as for :func:`row_stats`. Returns a new array (the fast paths
+    masked classes. Arguments as for ``row_stats``. Returns a new array (the fast paths
     write in place; this reference never does)."""
     xp = namespace(x, target, weight, where)
     acc = acc_dtype(xp, x.dtype)

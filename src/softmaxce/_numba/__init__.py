@@ -3,14 +3,14 @@
 Same meaning as the core (``docs/internals.md``), for NumPy arrays, with the same
 ``LossOptions``, ``RowContext`` and ``RowStats``:
 
-* :func:`fused_rows`: the one-pass loss of (N, C) rows, with a row scale its gradient, written
+* ``fused_rows``: the one-pass loss of (N, C) rows, with a row scale its gradient, written
   once, into ``out`` (which may be the logits themselves: then nothing of size N x C is
   allocated);
-* :func:`row_stats` and :func:`row_grad`: the statistics of a block of classes and the
+* ``row_stats`` and ``row_grad``: the statistics of a block of classes and the
   gradient of a block from merged statistics (merge them with the core's ``merge``);
-* :func:`softmax_rows`, :func:`log_softmax_rows`, :func:`logsumexp_rows`;
-* :func:`supports`: whether :func:`fused_rows` takes these arrays (the dispatcher falls back to
-  the core otherwise); :func:`loss_total`: the sum of loss rows, for the reduction.
+* ``softmax_rows``, ``log_softmax_rows``, ``logsumexp_rows``;
+* ``supports``: whether ``fused_rows`` takes these arrays (the dispatcher falls back to
+  the core otherwise); ``loss_total``: the sum of loss rows, for the reduction.
 
 Files:
 
@@ -102,7 +102,7 @@ def _is_c2d(a: Any) -> bool:
 
 
 def supports(x, target, *, where=None, out=None, weight=None, row_scale=None) -> bool:
-    """Whether :func:`fused_rows` accepts these arrays.
+    """Whether ``fused_rows`` accepts these arrays.
 
     Accepted: ``x`` a 2-D C-contiguous aligned float16/float32/float64 ndarray, or bfloat16
     (``ml_dtypes.bfloat16``, where installed); ``target`` a 1-D integer array of length N, or a
@@ -200,7 +200,7 @@ def fused_rows(
     """Per-row fused softmax cross-entropy, and with ``row_scale`` its gradient.
 
     Same meaning as ``softmaxce._core.rows.fused_rows`` (the row context is computed inline);
-    the arrays must satisfy :func:`supports`, ``opts`` is a ``LossOptions``. Returns the (N,)
+    the arrays must satisfy ``supports``, ``opts`` is a ``LossOptions``. Returns the (N,)
     float64 per-row losses. With ``row_scale`` (a number, or (N,)), ``row_scale_i * dL_i /
     dx`` is written into ``out`` (required; ``x`` itself for in place: nothing of size N x C is
     allocated). An index target outside ``[0, C)`` that is not ``ignore_index`` (the public
@@ -280,7 +280,7 @@ def _context(ctx: RowContext) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def row_stats(x_block, target, col_offset, opts, ctx, *, weight=None, where=None) -> RowStats:
-    """:class:`RowStats` of the block ``x_block`` (N, width) of classes ``[col_offset,
+    """``RowStats`` of the block ``x_block`` (N, width) of classes ``[col_offset,
     col_offset + width)``: as ``softmaxce._core.rows.row_stats`` (``target``: (N,) global class
     indices or the block's columns of a probability target; ``weight``, ``where``: the block's
     slices; ``ctx``: the core's ``row_context`` of the whole rows). ``m``, ``ties``, ``rest`` are
@@ -309,7 +309,7 @@ def row_grad(
     """``row_scale_i * dL_i / dx`` of the block ``x_block`` from the *merged* statistics of the
     whole rows, into ``out`` (None: a new array of the block's dtype; ``x_block`` itself for in
     place, which must then be C-contiguous and writeable); 0 on rows that do not count and on
-    masked classes. Arguments as for :func:`row_stats`; ``row_scale`` a number or (N,)."""
+    masked classes. Arguments as for ``row_stats``; ``row_scale`` a number or (N,)."""
     if out is not None and out is x_block and not (_is_c2d(out) and out.flags.writeable):
         msg = "row_grad: in place needs a writeable C-contiguous block"
         raise TypeError(msg)
@@ -378,7 +378,7 @@ def softmax_rows(x, out):
 
 
 def log_softmax_rows(x, out):
-    """``out[i] = log_softmax(x[i])``; ``out`` as for :func:`softmax_rows`."""
+    """``out[i] = log_softmax(x[i])``; ``out`` as for ``softmax_rows``."""
     return _softmax_family(x, out, softmax.LOG_SOFTMAX, "log_softmax_rows")
 
 

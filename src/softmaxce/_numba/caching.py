@@ -1,6 +1,6 @@
 """How the kernels are compiled: numba's disk cache where it can be used, and the flags.
 
-Every ``njit`` of the package goes through :func:`jit`, which passes ``cache=CACHE``.
+Every ``njit`` of the package goes through ``jit``, which passes ``cache=CACHE``.
 
 * ``CACHE``: whether numba can keep compiled kernels on disk. It needs a writable folder for
   this package: ``NUMBA_CACHE_DIR``, the ``__pycache__`` beside these files, or the user's cache
@@ -17,8 +17,8 @@ Every ``njit`` of the package goes through :func:`jit`, which passes ``cache=CAC
   loaded (a checkout that changed only ``elementary.py`` would otherwise keep running the old
   exponential).
 
-Fast-math flags: :data:`FM_EXP` (FMA contraction only) for the exponential and tanh, whose
-rounding tricks and range reduction must run exactly as written; :data:`FM` for the loops:
+Fast-math flags: ``FM_EXP`` (FMA contraction only) for the exponential and tanh, whose
+rounding tricks and range reduction must run exactly as written; ``FM`` for the loops:
 reassociation lets LLVM vectorise their sums; never ``nnan``/``ninf``, so that non-finite
 values propagate.
 """
@@ -115,10 +115,10 @@ def inline(fn: Any) -> Any:
 
     A loop that reads and writes one row then sees one array, not two arguments that LLVM
     would have to test for overlap at run time (in place they overlap, and the loop would run
-    unvectorised). Its optional inputs are handled by :func:`by_type` helpers, never by
+    unvectorised). Its optional inputs are handled by ``by_type`` helpers, never by
     ``if arg is None`` (which would be typed both ways here); the kernels choose between code
     with and without an optional output on their own arguments, where numba prunes the
-    branch. It takes the flags of the loop it is inlined into (:data:`FM`)."""
+    branch. It takes the flags of the loop it is inlined into (``FM``)."""
     return njit(inline="always", cache=CACHE, error_model="numpy", fastmath=set(FM))(fn)
 
 

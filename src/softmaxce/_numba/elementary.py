@@ -128,7 +128,7 @@ def tanh32(u):
 @jit(fastmath=FM_EXP)
 def tanh64(u):
     """``(tanh u, 1 - tanh(u)**2)`` for float64: tanh from libm (scalar), the slope as in
-    :func:`tanh32`."""
+    ``tanh32``."""
     e = exp64(-2.0 * (-u if u < 0.0 else u))
     ep1 = 1.0 + e
     return math.tanh(u), (4.0 * e) / (ep1 * ep1)

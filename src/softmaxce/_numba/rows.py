@@ -5,14 +5,14 @@ and composes the concerns of ``segments.py``; numba compiles one machine-code va
 combination of argument types it is called with (an optional input is an array or None, see
 ``segments``), so a variant contains only the work of its options.
 
-* :func:`fused_kernel` (the whole row in one block): per row, which rows count and the
+* ``fused_kernel`` (the whole row in one block): per row, which rows count and the
   smoothing spread ``eps / |A_i|`` (the core's ``row_context``, computed inline), then the
   maximum, the statistics pass (each ``exp`` kept in the gradient row, or in a float32 scratch
   row for a float16 gradient), the loss, and with a row scale the gradient pass, which turns
   the kept exponentials into the gradient while the row is still in cache. The logits are read
   before they are overwritten, so the gradient may be written into them (``g`` None): nothing
   of size N x C is allocated.
-* :func:`stats_kernel` and :func:`grad_kernel`: the same concerns for a block of classes
+* ``stats_kernel`` and ``grad_kernel``: the same concerns for a block of classes
   ``[off, off + width)``, with the rows that count and the spread from the caller's
   ``RowContext``; the gradient from merged statistics, one ``exp`` per class.
 """
@@ -43,7 +43,7 @@ from .segments import (
 
 @by_type
 def _label_state(t, ignore, i, n_cls):
-    """``(state, t_i)`` of row i's label (see :func:`_row_state`); (1, -1) for a
+    """``(state, t_i)`` of row i's label (see ``_row_state``); (1, -1) for a
     probability target. (Selects, no early returns: LLVM then inlines it.)"""
     if is_none(t):
         return lambda t, ignore, i, n_cls: (1, -1)
@@ -120,7 +120,7 @@ def _e_row(rs, gr, eb):
 @by_type
 def _z_row(xr, whr, cap, zb, cb):
     """The row of ``z``: ``xr`` itself without a softcap and a mask (``zb`` None), else
-    :func:`~.segments.z_fill` into the scratch row ``zb``."""
+    ``.segments.z_fill`` into the scratch row ``zb``."""
     if is_none(zb):
         return lambda xr, whr, cap, zb, cb: xr
     return lambda xr, whr, cap, zb, cb: z_fill(xr, whr, cap, zb, cb)

@@ -27,7 +27,7 @@ ref(m)``, ``e = exp(d)``; ``ties`` the number of ``d == 0`` and ``rest`` the sum
 ``S = sum w q``, ``T = sum w q d`` (a term with ``w q = 0`` is 0, also at ``d = -inf``),
 ``K = sum w q log q``. For class indices the block's dense part is the smoothing only,
 ``spread * w_c`` on allowed classes: its sums are kept without the factor ``spread`` (a row
-constant) and the gold class t adds ``(1 - eps) w_t`` once per row (:func:`totals`). Row sums
+constant) and the gold class t adds ``(1 - eps) w_t`` once per row (``totals``). Row sums
 run in acc, except those of probability targets (float64: the KL terms cancel); the per-row
 scalars (``log s``, the loss, the z-loss terms, the gradient's factors) are float64.
 
@@ -44,7 +44,7 @@ gold class, a probability target's gradient) are compiled without reassociation.
 The gradient of a class (docs/internals.md): ``r ((S + zl) p_c - w_c q_c)``, ``zl = 2 zeta
 lse``, ``p = e / s``. The loops form it as ``a e_c - b u_c`` for class indices (``a = r (S +
 zl) / s``, ``b = r spread``, ``u_c = w_c`` on allowed classes): their dense part is small, and
-the gold class is rewritten once per row in float64 (:func:`gold_fix`). For probability targets
+the gold class is rewritten once per row in float64 (``gold_fix``). For probability targets
 every class may carry the mass, so each is formed as the core forms it, ``r/s ((S + zl - w q)
 e - w q ((ties - e) + rest))``, where ``(ties - e) + rest = s - e`` is exact near ``p = 1``: a
 confident row keeps the relative accuracy of its tiny gradient at the maximum.
@@ -383,7 +383,7 @@ def gold_grad(d, wq, r_s, S, zl, ties, rest):
 @inline
 def gold_fix(gr, tl, zt, m, r_s, S, zl, ties, rest, w, whr, spread, keep1m, cb):
     """Rewrite the gradient at the gold class ``tl`` (if in this block and allowed; a masked
-    gold class keeps the 0 of the loop) by :func:`gold_grad`."""
+    gold class keeps the 0 of the loop) by ``gold_grad``."""
     if tl >= 0 and allowed(whr, tl):
         wq = weight_at(w, tl, 0.0) * (keep1m + or_zero(spread))
         g = gold_grad(zt - m, wq, r_s, S, zl, ties, rest)

@@ -1,7 +1,7 @@
 """Triton kernels of the core's row contract, for CUDA tensors (optional: ``softmaxce[gpu]``).
 
-Nothing here imports Triton until a kernel is asked for: :func:`unavailable` says whether one
-can run, :func:`launchers` imports them. ``TRITON_INTERPRET=1`` (set before the first launch)
+Nothing here imports Triton until a kernel is asked for: ``unavailable`` says whether one
+can run, ``launchers`` imports them. ``TRITON_INTERPRET=1`` (set before the first launch)
 runs them on CPU tensors with Triton's interpreter, as the tests do.
 """
 
@@ -29,7 +29,7 @@ def unavailable() -> str | None:
 
 
 def launchers() -> ModuleType:
-    """The launchers (:mod:`._launch`); ImportError saying why when Triton is missing."""
+    """The launchers (``._launch``); ImportError saying why when Triton is missing."""
     why = unavailable()
     if why is not None:
         raise ImportError(why)

@@ -55,7 +55,7 @@ def _usage(cubin: bytes) -> str:
 
 
 def compile_all(arch: int = 90, block: int = 4096) -> list[str]:
-    """Compile every case of :data:`CASES` (and the scale kernel); one line each."""
+    """Compile every case of ``CASES`` (and the scale kernel); one line each."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

@@ -1,9 +1,9 @@
-r"""The Triton twin of the core's row contract (:mod:`softmaxce._core.rows`): the kernels.
+r"""The Triton twin of the core's row contract (``softmaxce._core.rows``): the kernels.
 
 One program per row. A row is read in chunks of ``BLOCK`` classes; each chunk is reduced to
-the statistics of :class:`~softmaxce._core.rows.RowStats` (``m``, ``ties``, ``rest``, ``S``,
+the statistics of ``softmaxce._core.rows.RowStats`` (``m``, ``ties``, ``rest``, ``S``,
 ``T``, ``K``, relative to the chunk's own maximum) and folded into the row's running
-statistics by the same :func:`_merge` as ``rows.merge``: the online softmax of Milakov &
+statistics by the same ``_merge`` as ``rows.merge``: the online softmax of Milakov &
 Gimelshein (2018), with the maximum's ties kept apart so that ``log s = log1p((ties - 1) +
 rest)`` stays exact near a dominant logit. The fused kernel then reads the row a second time
 (from L2 on a GPU) and writes the gradient ``row_scale * ((S + 2 zeta lse - w q) p - w q
@@ -13,12 +13,12 @@ one chunk is kept in registers and read once.
 Every per-class quantity is formed densely per chunk: ``q_c = (1 - eps) [c == t] + spread
 [c allowed]`` for an index target (``(1 - eps) y_c + spread [c allowed]`` for a probability
 target), ``w q`` with the class weights, and ``S = sum w q``, ``T = sum w q (z - ref(m))``,
-``K = sum w q log(q + kl_eps)``, with ``0 * inf = 0`` (:func:`_xmul`). Accumulation is fp32
+``K = sum w q log(q + kl_eps)``, with ``0 * inf = 0`` (``_xmul``). Accumulation is fp32
 whatever the logits' dtype; the z-loss factor ``S + 2 zeta lse`` is formed in fp64. Row
 offsets are int64 (``N * V`` beyond ``2**31``).
 
 Only ``exp2``, ``log`` and ``fma`` are used (Triton's interpreter has no libdevice): ``exp``
-is ``exp2`` with the rounding error of ``x log2 e`` put back (:func:`_exp`), and ``tanh``,
+is ``exp2`` with the rounding error of ``x log2 e`` put back (``_exp``), and ``tanh``,
 ``expm1`` and ``log1p`` are built with Kahan's and Goldberg's corrections, accurate to a few
 ulps when ``exp2`` and ``log`` are. On a GPU ``exp2`` is the hardware's approximate one (2 ulps):
 its subnormal results are whatever the GPU gives (the core and the numba kernel keep them;
@@ -126,7 +126,7 @@ def _chunk(
     """One chunk's per-class terms: ``(x, z masked, z for T, w q, log(q + kl_eps), allowed,
     label column)``, in fp32; columns past ``width`` are masked. ``LABEL_ONLY`` (an index
     target, no smoothing, no KL): ``w q`` is ``lab_wq`` at the label, 0 elsewhere, and the
-    statistics take ``S`` and ``T`` from the label alone (:func:`_label_terms`)."""
+    statistics take ``S`` and ``T`` from the label alone (``_label_terms``)."""
     ok = cols < width
     x = tl.load(x_row + cols, mask=ok, other=0.0).to(tl.float32)
     if SOFTCAP:

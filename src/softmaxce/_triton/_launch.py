@@ -1,9 +1,9 @@
-"""Launchers of the Triton row kernels: the row contract of :mod:`softmaxce._core.rows` on
+"""Launchers of the Triton row kernels: the row contract of ``softmaxce._core.rows`` on
 torch tensors (CUDA, or CPU under ``TRITON_INTERPRET=1``), argument for argument.
 
 ``x`` is a block ``(N, width)`` of logits (any row stride), ``target`` the ``(N,)`` global
 class indices or the block's ``(N, width)`` probabilities, ``weight`` / ``where`` the block's
-slices, ``ctx`` the problem's :class:`~softmaxce._core.rows.RowContext` (from the core, on the
+slices, ``ctx`` the problem's ``softmaxce._core.rows.RowContext`` (from the core, on the
 tensors' device). Nothing here reads a value on the host: no synchronisation.
 """
 

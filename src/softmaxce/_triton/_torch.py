@@ -102,7 +102,7 @@ def _rows_view(p: Problem) -> torch.Tensor | None:
 
 class TritonCrossEntropy(torch.autograd.Function):
     """Forward: loss and gradient in one fused kernel. Backward: the saved gradient times
-    ``grad_output`` (given away without a copy, as :class:`FusedCrossEntropy` does)."""
+    ``grad_output`` (given away without a copy, as ``FusedCrossEntropy`` does)."""
 
     @staticmethod
     def forward(ctx, x, target, weight, opts, inplace):

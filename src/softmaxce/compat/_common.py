@@ -2,10 +2,10 @@
 
 A framework's *semantics* (what "mean" divides by, what an empty batch gives, its NaN quirks,
 the few places where its loss is another function of the row statistics) is a row of
-:data:`softmaxce._semantics.TABLE`. What is here is only how a framework *checks its
-arguments*: their names in error messages and the dtypes it accepts (:data:`CHECKS`, keyed by
+``softmaxce._semantics.TABLE``. What is here is only how a framework *checks its
+arguments*: their names in error messages and the dtypes it accepts (``CHECKS``, keyed by
 the same names). A compat module checks its arguments once, under these names, then
-:func:`run` builds the options and the problem from the validated arrays and runs the core
+``run`` builds the options and the problem from the validated arrays and runs the core
 (``softmaxce._run.run``); no module computes a softmax, a log-sum-exp or a gradient itself.
 """
 
@@ -108,7 +108,7 @@ def call(
     **run_kw: Any,
 ) -> tuple[Any, np.ndarray | None]:
     """Check the class axis, the target and the class weights of the float logits ``x``
-    under ``chk``'s names (once), then :func:`run` them under the row ``semantics``."""
+    under ``chk``'s names (once), then ``run`` them under the row ``semantics``."""
     ax = v.class_axis(axis, x.ndim, array=chk.logits)
     n_classes = v.nonempty_classes(x, ax, chk.logits)
     t = target_array(chk, target, x, ax, ignore)
@@ -133,10 +133,10 @@ def run(
     kl: bool = False,
 ) -> tuple[Any, np.ndarray | None]:
     """``(loss, gradient or None)`` of *validated* arrays under the row ``semantics`` of
-    :data:`~softmaxce._semantics.TABLE`: the options built here, no second validation.
+    ``softmaxce._semantics.TABLE``: the options built here, no second validation.
 
     ``axis`` in ``[0, x.ndim)``; the options already checked by the caller (``ignore`` as
-    ``_validate.ignore_index`` returns it: :data:`NO_IGNORE` ignores nothing).
+    ``_validate.ignore_index`` returns it: ``NO_IGNORE`` ignores nothing).
     """
     opts = LossOptions(
         reduction=reduction,

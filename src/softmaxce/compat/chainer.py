@@ -84,12 +84,12 @@ def softmax_cross_entropy(
     r"""Chainer's softmax cross-entropy of ``x`` (class axis 1) against labels ``t``.
 
     Integer ``t`` (shape of ``x`` without axis 1): per position
-    :math:`\ell_i = w_{t_i} (\mathrm{lse}_i - x_{i,t_i})`, 0 where ``t == ignore_label``;
+    ``\ell_i = w_{t_i} (\mathrm{lse}_i - x_{i,t_i})``, 0 where ``t == ignore_label``;
     ``reduce="mean"`` divides the sum by the number of positions not ignored
     (``normalize=True``) or by ``x.shape[0]`` (``normalize=False``), at least 1, never by the
     weights. Float ``t`` of ``x``'s shape is a soft target:
-    :math:`\ell_i = -\sum_c t_{ic} \log p_{ic}` (``"cross-entropy"``) or
-    :math:`\sum_c t_{ic} (\log(t_{ic} + 10^{-7}) - \log p_{ic})` (``"kl-divergence"``), no
+    ``\ell_i = -\sum_c t_{ic} \log p_{ic}`` (``"cross-entropy"``) or
+    ``\sum_c t_{ic} (\log(t_{ic} + 10^{-7}) - \log p_{ic})`` (``"kl-divergence"``), no
     class weight or ignore applied, and the mean is over positions. ``reduce="no"`` returns
     the per-position losses. ``cache_score`` and ``enable_double_backprop`` are accepted and
     change no value (they are memory and autograd switches in Chainer).
@@ -130,7 +130,7 @@ def softmax_cross_entropy_with_grad(
     *,
     dloss: Any = None,
 ) -> tuple[Any, np.ndarray]:
-    """:func:`softmax_cross_entropy` and the exact gradient of the result with respect to ``x``.
+    """``softmax_cross_entropy`` and the exact gradient of the result with respect to ``x``.
 
     ``dloss`` is the upstream gradient (None means ones): a scalar for ``reduce="mean"``, an
     array of the result's shape for ``reduce="no"``. For soft targets whose rows do not sum to

@@ -262,7 +262,7 @@ def SoftmaxOutput(
     to ``(d1, size / d1)``; with ``preserve_shape=True`` over the last axis; with
     ``multi_output=True`` over axis 1 of ``data`` viewed as ``(n, k, rest)``
     (``multi_output`` wins when both are set). The label and every other option only affect
-    the gradient (see :func:`SoftmaxOutput_with_grad`).
+    the gradient (see ``SoftmaxOutput_with_grad``).
 
     Examples
     --------

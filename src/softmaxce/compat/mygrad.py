@@ -46,7 +46,7 @@ def softmax_crossentropy(x: Any, y_true: Any, *, constant: bool | None = None) -
     .. math:: L = \frac{1}{N} \sum_i \bigl(\mathrm{lse}(x_i) - x_{i, y_i}\bigr)
 
     ``constant`` is accepted as in mygrad; it changes no value (only whether
-    :func:`softmax_crossentropy_with_grad` returns a gradient). An empty batch gives NaN (0/0),
+    ``softmax_crossentropy_with_grad`` returns a gradient). An empty batch gives NaN (0/0),
     as in mygrad. Returns a NumPy scalar of ``x``'s float dtype (integer scores: float64).
 
     Examples
@@ -63,7 +63,7 @@ def softmax_crossentropy(x: Any, y_true: Any, *, constant: bool | None = None) -
 def softmax_crossentropy_with_grad(
     x: Any, y_true: Any, *, constant: bool | None = None, dloss: Any = None
 ) -> tuple[Any, np.ndarray | None]:
-    """:func:`softmax_crossentropy` and its gradient ``dloss * (softmax(x) - onehot) / N``.
+    """``softmax_crossentropy`` and its gradient ``dloss * (softmax(x) - onehot) / N``.
 
     ``dloss`` is the upstream gradient of the (scalar) loss, None meaning 1. With
     ``constant=True`` the gradient is None, as mygrad leaves ``x.grad`` unset.

@@ -172,7 +172,7 @@ def softmax_cross_entropy(logits: Any, labels: Any, axis: Any = -1, where: Any =
 def softmax_cross_entropy_with_grad(
     logits: Any, labels: Any, axis: Any = -1, where: Any = None, *, dloss: Any = None
 ) -> tuple[Any, np.ndarray]:
-    """:func:`softmax_cross_entropy` and its gradient with respect to ``logits``.
+    """``softmax_cross_entropy`` and its gradient with respect to ``logits``.
 
     ``dloss`` (shape of the result; None means ones) is the upstream gradient: the result is
     ``jax.vjp``'s, ``(sum_c y_c) p - y`` per example times ``dloss``, 0 at masked classes.
@@ -208,7 +208,7 @@ def softmax_cross_entropy_with_integer_labels(
 def softmax_cross_entropy_with_integer_labels_with_grad(
     logits: Any, labels: Any, axis: Any = -1, where: Any = None, *, dloss: Any = None
 ) -> tuple[Any, np.ndarray]:
-    """:func:`softmax_cross_entropy_with_integer_labels` and its gradient w.r.t. ``logits``.
+    """``softmax_cross_entropy_with_integer_labels`` and its gradient w.r.t. ``logits``.
 
     ``dloss`` (shape of the result; None means ones) is the upstream gradient; the gradient
     is ``(softmax - onehot) * dloss`` per example, 0 at masked classes other than the label.

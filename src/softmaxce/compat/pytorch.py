@@ -107,7 +107,7 @@ def cross_entropy_with_grad(
     *,
     dloss: Any = None,
 ) -> tuple[Any, np.ndarray]:
-    """:func:`cross_entropy` and its gradient with respect to ``input``.
+    """``cross_entropy`` and its gradient with respect to ``input``.
 
     ``dloss`` is the upstream gradient of the result (None means ones): a scalar for
     ``"mean"``/``"sum"``, an array of the result's shape for ``"none"``. The gradient is what

@@ -2,11 +2,11 @@ r"""Vocabulary-parallel softmax cross-entropy on ``torch.distributed``.
 
 When a model's output layer is split by classes across processes (tensor parallelism), rank
 ``r`` holds the logits of the classes ``[offset_r, offset_r + V_r)`` only.
-:func:`vocab_parallel_cross_entropy` gives the loss of the *full* logits on every rank, with
+``vocab_parallel_cross_entropy`` gives the loss of the *full* logits on every rank, with
 the core's mergeable row statistics (``docs/distributed.md``): each rank reduces its slice to
 a few numbers per row, one all-gather exchanges them, each rank merges them in rank order, and
 the gradient of each slice needs nothing from the other ranks.
-:func:`vocab_parallel_linear_cross_entropy` is the fused linear + cross-entropy of an output
+``vocab_parallel_linear_cross_entropy`` is the fused linear + cross-entropy of an output
 layer split by its weight's rows: the same statistics from this rank's logits computed a
 block at a time, the same all-gather, and one all-reduce of the input's gradient backward.
 
@@ -177,7 +177,7 @@ def vocab_parallel_linear_cross_entropy(
 
     Forward: this rank's logits a block at a time (``chunk_size`` logits per block, None: the
     memory rule of ``softmaxce.torch.linear_cross_entropy`` on ``N x V_r``), each block reduced
-    to the core's row statistics and merged, then what :func:`vocab_parallel_cross_entropy`
+    to the core's row statistics and merged, then what ``vocab_parallel_cross_entropy``
     does: ONE all-gather of the packed per-row statistics (20 bytes per row per rank by
     default; ``docs/distributed.md``) and the merge in rank order. Backward: the blocks' logits
     again, their gradient ``G_r`` from the merged statistics, ``dW_r = G_r^T x`` and

@@ -1,15 +1,15 @@
 """The vocabulary-parallel loss on the core's row contract (``docs/internals.md``).
 
-Forward, on every rank: the :class:`~softmaxce._core.rows.RowStats` of the local slice of the
+Forward, on every rank: the ``softmaxce._core.rows.RowStats`` of the local slice of the
 classes (the core on the tensors, or its numba twin on CPU tensors), packed with the few other
 per-row sums the loss needs into one ``(N, k)`` tensor, exchanged by ONE all-gather, folded
-(:func:`fold`: the core's ``merge``) in rank order (so every rank computes the same loss, bit
+(``fold``: the core's ``merge``) in rank order (so every rank computes the same loss, bit
 for bit), then the core's ``row_loss`` and reduction. Backward: the core's ``row_grad`` of
 the local slice from the merged statistics; no communication. The linear loss
 (``_linear``) computes the packed columns of its slice from blocks of classes, folded the
-same way, and the gradient of each block with :func:`rows_grad`.
+same way, and the gradient of each block with ``rows_grad``.
 
-The packed columns (:func:`layout`), each one float of the accumulation dtype per row:
+The packed columns (``layout``), each one float of the accumulation dtype per row:
 
 * ``m, ties, rest, mass, tz``: the row statistics; ``kl`` with the KL divergence;
 * ``ymass``: the row's weighted target mass before smoothing, ``sum_c w_c y_ic`` over the
@@ -95,7 +95,7 @@ def _np(a: torch.Tensor | None) -> np.ndarray | None:
 
 
 def _local_stats(p: Problem, ctx: rows.RowContext, off: int, k: ModuleType | None):
-    """The :class:`~softmaxce._core.rows.RowStats` of the classes ``[off, off + width)``."""
+    """The ``softmaxce._core.rows.RowStats`` of the classes ``[off, off + width)``."""
     if k is None:
         return rows.row_stats(p.x2, p.target, off, p.opts, ctx, weight=p.weight)
     np_ctx = rows.RowContext(_np(ctx.keep), _np(ctx.spread))
@@ -154,7 +154,7 @@ def _n_stats(names: tuple[str, ...]) -> int:
 
 
 def _stats(packed: torch.Tensor, names: tuple[str, ...]) -> rows.RowStats:
-    """The :class:`~softmaxce._core.rows.RowStats` of packed columns (``kl`` 0 without it)."""
+    """The ``softmaxce._core.rows.RowStats`` of packed columns (``kl`` 0 without it)."""
     n = _n_stats(names)
     zero = (torch.zeros_like(packed[:, 0]),) if n == 5 else ()
     return rows.RowStats(*packed[:, :n].unbind(1), *zero)

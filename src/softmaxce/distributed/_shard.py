@@ -2,10 +2,10 @@
 
 The slices of the classes are contiguous and in rank order: rank ``r`` holds classes
 ``[offset_r, offset_r + V_r)`` with ``offset_r = V_0 + ... + V_{r-1}``. The sizes ``V_r``
-are gathered once per process group and local size (:func:`shard`: one all-gather of one
+are gathered once per process group and local size (``shard``: one all-gather of one
 integer per rank, a host read of ``P`` numbers) and kept; every later call of the loss costs
-exactly one collective, :func:`gather_rows` (and the backward of the linear loss one more,
-:func:`sum_over_ranks`).
+exactly one collective, ``gather_rows`` (and the backward of the linear loss one more,
+``sum_over_ranks``).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def resolve_group(group: Any) -> Any:
 
 
 def shard(group: Any, v_local: int, device: torch.device) -> Shard:
-    """This rank's :class:`Shard` in ``group`` (sizes gathered on the first call, then kept).
+    """This rank's ``Shard`` in ``group`` (sizes gathered on the first call, then kept).
 
     The split of a group's classes is assumed fixed for a given local size, as a model's
     vocabulary head is; every rank must call with its slice in the same order of calls.

@@ -9,7 +9,7 @@ logits accumulate in float32; float64 needs ``jax_enable_x64``. Results have the
 dtype. The options are Python values, static under ``jit``.
 
 On the CPU, ``backend="auto"`` runs softmaxce's numba kernel behind XLA's typed FFI where it
-can (float16/32/64 logits and index targets, see :mod:`softmaxce.jax._ffi`): one pass gives
+can (float16/32/64 logits and index targets, see ``softmaxce.jax._ffi``): one pass gives
 the loss and the gradient, and the backward only scales the gradient. Elsewhere (GPU/TPU,
 bfloat16, probability targets, ``where``) the core runs as XLA operations.
 
@@ -77,7 +77,7 @@ def _unary(x: Any, axis: Any, where: Any):
 def softmax(x: Any, /, *, axis: int = -1, where: Any = None) -> jax.Array:
     r"""Softmax along ``axis``: ``exp(x - m) / sum(exp(x - m))``, ``m`` the maximum.
 
-    As :func:`softmaxce.softmax`: entries where ``where`` is False get 0, a row with none
+    As ``softmaxce.softmax``: entries where ``where`` is False get 0, a row with none
     allowed is all 0. The VJP is the core's ``y * (dy - sum(y * dy))``.
 
     Examples
@@ -135,7 +135,7 @@ def softmax_cross_entropy(
 ) -> jax.Array:
     r"""Softmax cross-entropy of JAX ``logits`` against class indices or a distribution.
 
-    The loss of :func:`softmaxce.softmax_cross_entropy` (same options, same ``"mean"`` over
+    The loss of ``softmaxce.softmax_cross_entropy`` (same options, same ``"mean"`` over
     the target's weight mass, 0 when nothing counts), as a JAX array of the logits' dtype:
     a scalar for ``"mean"``/``"sum"``, the batch shape for ``"none"``. Differentiable with
     respect to the logits (the core's gradient formula), a float target and float class

@@ -154,7 +154,7 @@ def linear_cross_entropy(
 
     ``input`` ``(..., D)``, ``linear_weight`` ``(V, D)`` (the ``torch.nn.Linear`` layout),
     ``linear_bias`` ``(V,)``, ``target`` integer ``(...)`` or float ``(..., V)``. Every
-    option of :func:`softmaxce.jax.softmax_cross_entropy` but ``where`` and ``axis``.
+    option of ``softmaxce.jax.softmax_cross_entropy`` but ``where`` and ``axis``.
     Differentiable (``jax.custom_vjp``) with respect to ``input``, ``linear_weight`` and
     ``linear_bias``: the backward recomputes each block's logits and applies the core's
     gradient; no gradient flows to the target or the class weights (their cotangent is 0).

@@ -126,7 +126,7 @@ def vocab_parallel_cross_entropy(
     ``(...)`` (the same on every device) or this device's columns of a probability target,
     ``weight`` this device's ``(C / P,)`` class weights. Returns the loss of the whole rows,
     the same on every device (declare it replicated: ``out_specs=P()``), equal to
-    :func:`softmaxce.jax.softmax_cross_entropy` of the gathered logits. Options as there;
+    ``softmaxce.jax.softmax_cross_entropy`` of the gathered logits. Options as there;
     ``where`` and ``axis`` are not supported. The gradient with respect to the logits is the
     core's, block by block, with no collective; no gradient flows to the target or the
     weights. Labels are not range-checked (the values are traced).

@@ -3,8 +3,8 @@
 The forward runs the core (``softmaxce._core``) on the arrays themselves, so it traces under
 ``jit`` and ``vmap``; the backward is the core's gradient formula (``row_grad`` from the (N,)
 statistics kept by the forward, via ``_run.core_grad``), never autodiff through the
-log-sum-exp. The options are static (``nondiff_argnums``): a :class:`~softmaxce._options.
-LossOptions` is frozen and hashable, so ``jit`` caches one trace per option set.
+log-sum-exp. The options are static (``nondiff_argnums``): a ``LossOptions``
+(``softmaxce._options``) is frozen and hashable, so ``jit`` caches one trace per option set.
 
 On the CPU the forward may instead run the numba kernel behind XLA's typed FFI (``_ffi``),
 which gives the loss and the gradient in one pass: the gradient is then the residual and the
@@ -77,7 +77,7 @@ ROW_BLOCK = 1 << 18  # elements of logits per block of rows (1 MiB of float32)
 
 
 def rows_per_block(n: int, c: int) -> int:
-    """Rows per block for (n, c) logits (a static argument of :func:`core_rows_loss`)."""
+    """Rows per block for (n, c) logits (a static argument of ``core_rows_loss``)."""
     return max(1, min(n, ROW_BLOCK // max(c, 1)))
 
 
@@ -93,7 +93,7 @@ def _block(p: Problem, ctx: rows.RowContext, lo: Any, size: int):
 
 
 def _blocked_state(p: Problem, b: int) -> _run.CoreState:
-    """:func:`softmaxce._run.core_state`, its statistics computed ``b`` rows at a time."""
+    """``softmaxce._run.core_state``, its statistics computed ``b`` rows at a time."""
     n = p.x2.shape[0]
     if b >= n:
         return _run.core_state(p)
@@ -114,7 +114,7 @@ def _blocked_state(p: Problem, b: int) -> _run.CoreState:
 
 
 def _blocked_grad(p: Problem, b: int, state: _run.CoreState, g: Any) -> Any:
-    """:func:`softmaxce._run.core_grad`, ``b`` rows at a time into one (N, C) array."""
+    """``softmaxce._run.core_grad``, ``b`` rows at a time into one (N, C) array."""
     n, c = p.x2.shape
     if b >= n:
         return _run.core_grad(p, state, g)

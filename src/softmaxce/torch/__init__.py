@@ -1,4 +1,4 @@
-r"""PyTorch front end: :func:`cross_entropy` and :class:`CrossEntropyLoss`.
+r"""PyTorch front end: ``cross_entropy`` and ``CrossEntropyLoss``.
 
 Drop-in for ``torch.nn.functional.cross_entropy`` (class dim 1, N-D and unbatched inputs, index
 and probability targets, ``weight``, ``ignore_index``, ``reduction``, ``label_smoothing``) plus
@@ -136,11 +136,11 @@ def cross_entropy(
 
 
 class CrossEntropyLoss(torch.nn.Module):
-    r"""Module form of :func:`cross_entropy`, with the arguments of ``nn.CrossEntropyLoss``.
+    r"""Module form of ``cross_entropy``, with the arguments of ``nn.CrossEntropyLoss``.
 
     ``weight`` is a buffer (it moves with ``.to()``). The legacy ``size_average`` and
     ``reduce`` are rejected with a TypeError: use ``reduction``. ``z_loss``, ``softcap``,
-    ``inplace_backward``, ``semantics`` and ``backend`` are as in :func:`cross_entropy`.
+    ``inplace_backward``, ``semantics`` and ``backend`` are as in ``cross_entropy``.
 
     Examples
     --------

@@ -1,16 +1,16 @@
-"""Autograd for the two paths of :func:`softmaxce.torch.cross_entropy`.
+"""Autograd for the two paths of ``softmaxce.torch.cross_entropy``.
 
-* :class:`FusedCrossEntropy` (CPU tensors): the forward runs a fused kernel (``_ops``) that
+* ``FusedCrossEntropy`` (CPU tensors): the forward runs a fused kernel (``_ops``) that
   gives the loss *and* the gradient in one pass; the backward only scales that gradient by
   ``grad_output``.
-* :class:`CoreCrossEntropy` (any device): the forward computes the per-row statistics and the
+* ``CoreCrossEntropy`` (any device): the forward computes the per-row statistics and the
   loss with the core (``softmaxce._core``) on the tensors themselves; the backward turns the
   statistics into the gradient with the core's ``row_grad``. Nothing is copied to the host.
 
-Both take the double backward (``create_graph=True``) through :func:`differentiable_grad`:
+Both take the double backward (``create_graph=True``) through ``differentiable_grad``:
 the core's gradient recomputed from the logits with autograd recording, so that it can be
 differentiated again. Gradients with respect to a probability target or class weights take
-plain autograd through the core's forward (:func:`core_loss`).
+plain autograd through the core's forward (``core_loss``).
 """
 
 from __future__ import annotations

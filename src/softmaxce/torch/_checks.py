@@ -3,7 +3,7 @@
 The static checks (types, dtypes, shapes, devices, options) run on every call, also under
 ``torch.compile`` (they read no data). The checks of the data (labels in ``[0, C)``, class
 weights finite) need the values: they run where those are on the host, by the same helpers as
-the NumPy API (:func:`check_values`), never as a device synchronisation.
+the NumPy API (``check_values``), never as a device synchronisation.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def host(t: torch.Tensor) -> np.ndarray | None:
 
 
 def from_host(a: np.ndarray) -> torch.Tensor:
-    """:func:`host` reversed: a tensor on ``a``'s memory (bfloat16 through its bits)."""
+    """``host`` reversed: a tensor on ``a``'s memory (bfloat16 through its bits)."""
     if BF16 is not None and a.dtype == BF16:
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
@@ -195,7 +195,7 @@ def _disjoint(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
 
 
 def _path(input: torch.Tensor, target: torch.Tensor, weight: Any, name: str) -> tuple[str, str]:
-    """``(path, kernel)`` for ``backend=name`` (see :class:`Call`).
+    """``(path, kernel)`` for ``backend=name`` (see ``Call``).
 
     "auto": the fused CPU kernel for CPU tensors whose only gradient is the input's; the core
     otherwise (other devices; a probability target or class weights that require grad, whose
@@ -280,10 +280,10 @@ def check_values(
 
 
 def check_semantics(value: Any) -> str:
-    """One of :data:`SEMANTICS` (ValueError naming the argument otherwise)."""
+    """One of ``SEMANTICS`` (ValueError naming the argument otherwise)."""
     return v.choice(value, SEMANTICS, "semantics")
 
 
 def check_backend(value: Any) -> str:
-    """One of :data:`BACKENDS`."""
+    """One of ``BACKENDS``."""
     return v.choice(value, BACKENDS, "backend")

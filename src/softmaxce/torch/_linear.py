@@ -1,6 +1,6 @@
 r"""Fused linear + cross-entropy on PyTorch tensors (``docs/linear.md``).
 
-The blocked loss of :mod:`softmaxce._linear` with ``torch.mm`` / ``torch.addmm`` as its
+The blocked loss of ``softmaxce._linear`` with ``torch.mm`` / ``torch.addmm`` as its
 products (MKL or OpenBLAS on the CPU, cuBLAS on CUDA). On CPU tensors the rows of each block
 run on the host kernels (the numba kernel in place on the block's memory, through
 ``Tensor.numpy()``); on other devices (or ``backend="core"``) the core on the block tensors.
@@ -291,7 +291,7 @@ def linear_cross_entropy(
 
     ``input`` is ``(N, D)`` or ``(D,)``, ``linear_weight`` ``(V, D)``, ``linear_bias`` ``(V,)``,
     ``target`` class indices ``(N,)`` or a distribution ``(N, V)``. The options are those of
-    :func:`softmaxce.torch.cross_entropy` (``semantics="torch"`` gives exactly
+    ``softmaxce.torch.cross_entropy`` (``semantics="torch"`` gives exactly
     ``F.linear_cross_entropy``). ``chunk_size``: logits per block (None: the memory rule of
     ``docs/linear.md``). ``backend``: ``"auto"`` (the host kernels on CPU tensors, the core on
     the tensors elsewhere), ``"numba"``/``"numpy"`` (CPU only) or ``"core"``.
@@ -347,7 +347,7 @@ def linear_cross_entropy(
 
 
 class LinearCrossEntropyLoss(torch.nn.Module):
-    r"""Module form of :func:`linear_cross_entropy`: ``loss_fn(input, linear_weight, target,
+    r"""Module form of ``linear_cross_entropy``: ``loss_fn(input, linear_weight, target,
     linear_bias=None)``, the options fixed at construction (``weight`` is a buffer).
 
     Examples

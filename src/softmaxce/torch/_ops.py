@@ -1,14 +1,14 @@
 """The fused CPU kernels as ``torch.library`` custom ops (``torch.compile`` traces them).
 
-Each op runs :func:`softmaxce._run.run` on the tensors' own memory (``Tensor.numpy()``, no
+Each op runs ``softmaxce._run.run`` on the tensors' own memory (``Tensor.numpy()``, no
 copy; bfloat16, which NumPy lacks, as ``ml_dtypes.bfloat16`` on the same memory where ml_dtypes
 is installed, else on a float32 copy): one pass gives the loss and the
 gradient, which the in-place op writes into ``input``. Their fake implementations give the
 output shapes, so ``torch.compile(fullgraph=True)`` traces a call without a graph break.
 
-The options reach an op as :meth:`LossOptions.flat` and leave it through
-:meth:`LossOptions.from_flat`; the ops' schema lists the same fields in the same order
-(:data:`softmaxce._options.FLAT_FIELDS`), then the kernel's name for ``softmaxce._dispatch``.
+The options reach an op as ``LossOptions.flat`` and leave it through
+``LossOptions.from_flat``; the ops' schema lists the same fields in the same order
+(``softmaxce._options.FLAT_FIELDS``), then the kernel's name for ``softmaxce._dispatch``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def run_fused(
     """The loss and (with ``want_grad``) d loss / d x of batched CPU logits ``x`` (class dim
     1), for ``grad_output = 1``; in place, the gradient is ``x`` itself.
 
-    ``check`` runs the checks that read the data (:func:`check_values`) on the host arrays:
+    ``check`` runs the checks that read the data (``check_values``) on the host arrays:
     here, on the CPU, they cost no synchronisation and also guard a compiled graph, whose
     boundary could not read the data; without them the kernel would index out of bounds.
     """
