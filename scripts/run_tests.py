@@ -27,7 +27,9 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("numba kernels", ("test_numba_kernels.py", "test_bfloat16.py", "test_kernel_*.py")),
     ("compat", ("test_compat_*.py",)),
     ("torch", ("test_torch_*.py", "test_reliability_torch.py", "test_linear_torch.py")),
-    ("triton and distributed", ("test_triton_*.py", "test_distributed*.py")),
+    ("triton", ("test_triton_*.py",)),
+    # (its ranks are processes of their own, each with torch: a small test process beside them)
+    ("distributed", ("test_distributed*.py",)),
     ("jax", ("test_jax*.py",)),
     ("tools", ("test_cli.py", "test_docs.py", "test_packaging.py")),
 )

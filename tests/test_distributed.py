@@ -224,10 +224,13 @@ def _collectives(prof) -> int:
     return sum(n.startswith("c10d::") for n in names)  # (each has a backend event too)
 
 
-def _block_numba() -> None:
+def _block_numba(world: int) -> None:
     """Under ``SOFTMAXCE_BLOCK_NUMBA=1`` a rank, too, runs as without numba (the root
-    conftest.py does this for the test process; a spawned rank does not read it)."""
-    if os.environ.get("SOFTMAXCE_BLOCK_NUMBA", "") in ("", "0"):
+    conftest.py does this for the test process; a spawned rank does not read it). So do the
+    ranks of world sizes above 2: they run the core on the tensors, the numba twin having run
+    at world size 2 (numba's compiler costs ~300 MB a process: three of them beside the test
+    process took the suite past 2 GB)."""
+    if world <= 2 and os.environ.get("SOFTMAXCE_BLOCK_NUMBA", "") in ("", "0"):
         return
     assert sys.modules.get("numba") is None, "numba was imported before the rank blocked it"
     for name in ("numba", "llvmlite"):
@@ -248,7 +251,7 @@ class Suite:
 
 
 def _worker(rank: int, world: int, folder: str, suite: Suite) -> None:
-    _block_numba()
+    _block_numba(world)
     warnings.simplefilter("error")  # (as the suite's filterwarnings; a child has its own)
     torch.set_num_threads(1)
     dist.init_process_group(
