@@ -112,21 +112,15 @@ def vocab_parallel_cross_entropy(
     ``torch.distributed`` (gloo, NCCL); under ``torch.compile`` it runs the core, and the
     collective is traced (``docs/distributed.md``).
     """
-    call = check_call(
-        input, target, weight, ignore_index=ignore_index, reduction=reduction,
-        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-        inplace_backward=inplace_backward, semantics=semantics, backend="core",
+    opts = _options(
+        input, target, weight, inplace_backward, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, semantics=semantics,
+        soft_target_loss=soft_target_loss,
     )  # fmt: skip
-    opts = call.opts
-    if v.soft_target_loss(soft_target_loss) == "kl-divergence":
-        opts = dataclasses.replace(opts, kl=True)
-    _no_grad_of(target, weight, "vocab_parallel_cross_entropy", "the input")
-    g = resolve_group(group)
     unbatched = input.dim() == 1
     x = input.unsqueeze(0) if unbatched else input
     t = target.unsqueeze(0) if unbatched else target
-    mine = shard(g, x.shape[1], x.device)
-    _check_values(x, t, weight, opts, mine.n_classes)
+    g, mine = _placed(x, t, (target, weight), group, opts, "the input")
     kernels = _kernels(x.device, x.dtype, v.choice(backend, BACKENDS, "backend"))
     if inplace_backward and kernels is not None:
         _disjoint(input, target, weight)
@@ -197,18 +191,12 @@ def vocab_parallel_linear_cross_entropy(
     v_r = linear_weight.shape[0]
     x, t = _as_rows(input, target, v_r)
     stand_in = torch.empty((), dtype=x.dtype, device=x.device).expand(x.shape[0], v_r)
-    call = check_call(
-        stand_in, t, weight, ignore_index=ignore_index, reduction=reduction,
-        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-        inplace_backward=False, semantics=semantics, backend="core",
+    opts = _options(
+        stand_in, t, weight, False, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, semantics=semantics,
+        soft_target_loss=soft_target_loss,
     )  # fmt: skip
-    opts = call.opts
-    if v.soft_target_loss(soft_target_loss) == "kl-divergence":
-        opts = dataclasses.replace(opts, kl=True)
-    _no_grad_of(target, weight, "vocab_parallel_linear_cross_entropy", "the linear layer")
-    g = resolve_group(group)
-    mine = shard(g, v_r, x.device)
-    _check_values(stand_in, t, weight, opts, mine.n_classes)
+    g, mine = _placed(stand_in, t, (target, weight), group, opts, "the linear layer")
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # (the blocks' dtype)
     kernels = _kernels(x.device, acc, v.choice(backend, BACKENDS, "backend"))
     lp = _linear.plan_of(_loss.Plan(opts, mine, g, kernels, False), chunk_size)
@@ -218,6 +206,33 @@ def vocab_parallel_linear_cross_entropy(
     else:
         loss = _linear.forward(x, linear_weight, linear_bias, t, weight, lp)[0]
     return loss.reshape(input.shape[:-1]) if opts.reduction == "none" else loss
+
+
+def _options(x, target, weight, inplace: bool, *, soft_target_loss: str, **options: Any):
+    """The checked ``LossOptions`` of a call (``check_call``'s checks of the arguments, on
+    ``x``: the logits, or a stand-in of their shape)."""
+    kl = v.soft_target_loss(soft_target_loss) == "kl-divergence"
+    call = check_call(x, target, weight, inplace_backward=inplace, backend="core", **options)
+    return dataclasses.replace(call.opts, kl=True) if kl else call.opts
+
+
+_CALLER = {
+    "the input": "vocab_parallel_cross_entropy",
+    "the linear layer": "vocab_parallel_linear_cross_entropy",
+}
+
+
+def _placed(x, t, given: tuple, group: Any, opts, grad_to: str) -> tuple[Any, Any]:
+    """The group and this rank's shard of the classes, after the checks that need them:
+    ``x`` the ``(N, V_r)`` logits (or a stand-in), ``t`` the target as rows, ``given`` the
+    target and class weights as passed (which must not require grad: it flows to
+    ``grad_to`` only); labels against the global class count."""
+    target, weight = given
+    _no_grad_of(target, weight, _CALLER[grad_to], grad_to)
+    g = resolve_group(group)
+    mine = shard(g, x.shape[1], x.device)
+    _check_values(x, t, weight, opts, mine.n_classes)
+    return g, mine
 
 
 def _as_rows(input: torch.Tensor, target: Any, v_r: int) -> tuple[torch.Tensor, Any]:
