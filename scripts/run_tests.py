@@ -8,11 +8,14 @@ compiled. Run as the groups below, each process starts afresh, and the suite's p
 its largest group (``scripts/peak_memory.py`` measures it). Every test file runs in exactly one
 group: a file that no pattern names runs in the last group, "rest". The doctests of
 ``src/softmaxce`` are a group of their own. All groups run even when one fails; the exit
-status is the first failing group's (pytest's "no test collected" counts as a failure).
+status is the first failing group's. A group whose every file skips itself (pytest's exit 5,
+no test collected: the kernel tests without numba) has passed. The summary gives each group's
+time and its largest process (``ru_maxrss``).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -22,8 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (name, file patterns under tests/), in the order they run; the heavy grids first.
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("core fused", ("test_core_fused.py",)),
     ("core", ("test_core_*.py",)),
-    ("rows and properties", ("test_rows.py", "test_properties.py", "test_errors.py")),
+    ("rows", ("test_rows.py",)),
+    ("properties and errors", ("test_properties.py", "test_errors.py")),
     ("numba kernels", ("test_numba_kernels.py", "test_bfloat16.py", "test_kernel_*.py")),
     ("compat", ("test_compat_*.py",)),
     ("torch", ("test_torch_*.py", "test_reliability_torch.py", "test_linear_torch.py")),
@@ -53,18 +58,31 @@ def groups(root: Path = ROOT) -> list[tuple[str, list[str]]]:
     return out
 
 
+NOTHING_COLLECTED = 5  # pytest's exit status when every test file skipped itself
+
+
+def _pytest(paths: list[str], argv: list[str]) -> tuple[int, float]:
+    """pytest on ``paths``: its exit status, and its largest process's resident set in GiB
+    (the process and what it waited for)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *paths, *argv], cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    rc = 0 if proc.returncode == NOTHING_COLLECTED else proc.returncode
+    return rc, usage.ru_maxrss / 2**20  # (KiB on Linux)
+
+
 def main(argv: list[str]) -> int:
     results = []
     for name, paths in groups():
         print(f"\n=== {name}: {' '.join(paths)}", flush=True)
         start = time.perf_counter()
-        rc = subprocess.run([sys.executable, "-m", "pytest", *paths, *argv], cwd=ROOT).returncode
-        results.append((name, rc, time.perf_counter() - start))
-    print("\n=== the suite, group by group")
-    for name, rc, seconds in results:
+        rc, gib = _pytest(paths, argv)
+        results.append((name, rc, time.perf_counter() - start, gib))
+    print("\n=== the suite, group by group (time, largest process)")
+    for name, rc, seconds, gib in results:
         verdict = "passed" if rc == 0 else f"FAILED (pytest exit {rc})"
-        print(f"{name:>24}: {verdict:<24} {seconds:6.0f} s")
-    return next((rc for _, rc, _ in results if rc != 0), 0)
+        print(f"{name:>24}: {verdict:<24} {seconds:6.0f} s {gib:6.2f} GiB")
+    return next((rc for _, rc, _, _ in results if rc != 0), 0)
 
 
 if __name__ == "__main__":

@@ -28,5 +28,5 @@ def test_a_test_file_no_pattern_names_runs_in_the_rest_group(tmp_path):
     for name in ("test_core_fused.py", "test_brand_new.py"):
         (tmp_path / "tests" / name).write_text("")
     groups = dict(_runner().groups(tmp_path))
-    assert groups["core"] == ["tests/test_core_fused.py"]
+    assert groups["core fused"] == ["tests/test_core_fused.py"]
     assert groups["rest"] == ["tests/test_brand_new.py"]
