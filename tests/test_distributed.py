@@ -84,6 +84,18 @@ ONLY_WORLD = {"compiled": 2}  # (torch.compile costs seconds per rank: one world
 LOSS_KEYS = ("ignore_index", "reduction", "label_smoothing", "z_loss", "softcap", "semantics")
 
 
+def index_target(case: dict[str, Any], v: int, batch: tuple[int, ...], g) -> torch.Tensor:
+    """A case's class indices of shape ``batch``, drawn from ``g``: some (or all) ignored."""
+    ignore = case.get("ignore_index", -100)
+    t = torch.randint(0, v, batch, generator=g)
+    if case.get("ignored"):
+        t[torch.rand(batch, generator=g) < 0.3] = ignore
+        t.view(-1)[0] = ignore
+    if case.get("all_ignored"):
+        t[...] = ignore
+    return t
+
+
 def _data(case: dict[str, Any], v: int, seed: int):
     """The full problem of a case: (logits, target, weight, dloss), float64 (the logits
     rounded to the case's dtype first), the same on every rank."""
@@ -101,12 +113,7 @@ def _data(case: dict[str, Any], v: int, seed: int):
             x[1, 2] = math.inf  # a NaN row either way
         t = t.to(dtype).double()
     else:
-        t = torch.randint(0, v, batch, generator=g)
-        if case.get("ignored"):
-            t[torch.rand(batch, generator=g) < 0.3] = ignore
-            t.view(-1)[0] = ignore
-        if case.get("all_ignored"):
-            t[...] = ignore
+        t = index_target(case, v, batch, g)
         if case.get("nonfinite"):  # ignored rows whose log-softmax is NaN: a NaN gradient
             t[1], t[2], t[3] = ignore, ignore, 0  # under "torch", 0 under softmaxce
             x[1, 0], x[2, -1] = math.inf, math.nan  # (on the first rank; on the last)

@@ -90,17 +90,11 @@ def _data(case: dict[str, Any], v: int, seed: int):
     half = dtype in (torch.float16, torch.bfloat16)  # (logits of a few units: a sharper test)
     x, w = rand(*batch, D), rand(v, D, scale=0.5 if half else 1.5)
     b = rand(v) if case.get("bias") else None
-    ignore = case.get("ignore_index", -100)
     if case.get("soft"):
         t = torch.softmax(2 * torch.randn((*batch, v), generator=g, dtype=torch.float64), -1)
         t = t.to(dtype).double()
     else:
-        t = torch.randint(0, v, batch, generator=g)
-        if case.get("ignored"):
-            t[torch.rand(batch, generator=g) < 0.3] = ignore
-            t.view(-1)[0] = ignore
-        if case.get("all_ignored"):
-            t[...] = ignore
+        t = td.index_target(case, v, batch, g)
     cw = None
     if case.get("weighted"):
         cw = (0.25 + torch.rand(v, generator=g, dtype=torch.float64)).to(dtype).double()
